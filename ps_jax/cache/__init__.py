@@ -1,0 +1,3 @@
+from ps_jax.cache.kv_cache import KVCache, PrefixKV
+
+__all__ = ["KVCache", "PrefixKV"]

@@ -1,0 +1,3 @@
+from ps_jax.io.load import load
+
+__all__ = ["load"]

@@ -1,0 +1,42 @@
+"""`ps.load`: one entry point for HF folders, GGUF files and embedded model names."""
+
+from __future__ import annotations
+
+import os
+
+import jax.numpy as jnp
+
+from ps_jax.io.gguf_import import load_gguf
+from ps_jax.io.hf import load_hf_folder
+from ps_jax.io.registry import EMBEDDED, embedded_path
+from ps_jax.model import Transformer
+
+
+def load(source: str, dtype=jnp.float32) -> tuple[Transformer, object | None]:
+  """Loads (model, tokenizer) from a local HF folder, a .gguf file or an embedded name.
+
+  The tokenizer is a transformers tokenizer, or None where the source has none.
+  """
+  source = os.fspath(source)
+  if source in EMBEDDED:
+    source = embedded_path(source)
+  if source.endswith(".gguf"):
+    return load_gguf(source, dtype=dtype), _gguf_tokenizer(source)
+  if os.path.isdir(source):
+    return load_hf_folder(source, dtype=dtype), _folder_tokenizer(source)
+  raise ValueError(f"cannot load {source!r}: expected a local transformers folder "
+                   f"(config.json + *.safetensors), a .gguf file, or an embedded name "
+                   f"{sorted(EMBEDDED)}")
+
+
+def _folder_tokenizer(folder: str):
+  if not any(os.path.exists(os.path.join(folder, f))
+             for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+    return None
+  from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
+  return AutoTokenizer.from_pretrained(folder)
+
+
+def _gguf_tokenizer(path: str):
+  from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
+  return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))

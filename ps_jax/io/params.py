@@ -1,0 +1,93 @@
+"""Filling a model's parameters from named checkpoint tensors: a name table plus per-tensor hooks.
+
+Each rule maps one of our parameter paths to a checkpoint tensor name (a template with `{i}`
+for layer-stacked parameters) and a hook that turns the stored array into our layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ps_jax.model import ModelConfig, Transformer
+
+Hook = Callable[[np.ndarray, int], np.ndarray]  # (array, layer index) -> array
+
+
+def transpose(x: np.ndarray, _layer: int) -> np.ndarray:
+  return x.T
+
+
+def identity(x: np.ndarray, _layer: int) -> np.ndarray:
+  return x
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  path: tuple[str, ...]  # our parameter path, e.g. ("blocks", "attn", "q", "kernel")
+  name: str  # checkpoint tensor name; "{i}" is the layer index for "blocks" paths
+  hook: Hook = identity
+
+
+class MissingTensorError(KeyError):
+  pass
+
+
+def load_params(config: ModelConfig, rules: list[Rule],
+                get_tensor: Callable[[str], np.ndarray | None], *, dtype,
+                source: str) -> Transformer:
+  """Builds a Transformer whose every parameter comes from `get_tensor` via `rules`.
+
+  Raises a clear error naming the tensor for a missing tensor, a shape mismatch, or a model
+  parameter that no rule covers.
+  """
+  abstract = nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  by_path = {r.path: r for r in rules}
+  flat = []
+  for path, var in nnx.to_flat_state(state):
+    path = tuple(str(p) for p in path)
+    rule = by_path.get(path)
+    if rule is None:
+      raise ValueError(f"{source}: no checkpoint rule for parameter {'/'.join(path)}")
+    expected = tuple(var.shape)
+    if path[0] == "blocks":
+      value = np.stack([_fetch(rule, get_tensor, source, i, expected[1:])
+                        for i in range(config.num_layers)])
+    else:
+      value = _fetch(rule, get_tensor, source, None, expected)
+    flat.append((path, var.replace(jnp.asarray(value, dtype))))
+  return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def _fetch(rule: Rule, get_tensor, source: str, layer: int | None, expected) -> np.ndarray:
+  name = rule.name.format(i=layer) if layer is not None else rule.name
+  raw = get_tensor(name)
+  if raw is None:
+    raise MissingTensorError(f"{source}: missing tensor {name!r} "
+                             f"(for parameter {'/'.join(rule.path)})")
+  value = rule.hook(np.asarray(raw), layer or 0)
+  if tuple(value.shape) != tuple(expected):
+    raise ValueError(f"{source}: tensor {name!r} has shape {tuple(raw.shape)} "
+                     f"(-> {tuple(value.shape)} after conversion), but parameter "
+                     f"{'/'.join(rule.path)} expects {tuple(expected)}")
+  return value
+
+
+def decoder_rules(config: ModelConfig, names: dict[str, str], hooks: dict[str, Hook]) -> list[Rule]:
+  """Rules for the decoder given a format's tensor names for each of our parameters."""
+  keys = ["embed", "final_norm/scale", "blocks/attn_norm/scale", "blocks/mlp_norm/scale",
+          "blocks/attn/q/kernel", "blocks/attn/k/kernel", "blocks/attn/v/kernel",
+          "blocks/attn/o/kernel", "blocks/mlp/gate/kernel", "blocks/mlp/up/kernel",
+          "blocks/mlp/down/kernel"]
+  if not config.tie_embeddings:
+    keys.append("lm_head")
+  if config.qkv_bias:
+    keys += ["blocks/attn/q/bias", "blocks/attn/k/bias", "blocks/attn/v/bias"]
+  if config.qk_norm:
+    keys += ["blocks/attn/q_norm/scale", "blocks/attn/k_norm/scale"]
+  return [Rule(tuple(k.split("/")), names[k], hooks.get(k, identity)) for k in keys]
