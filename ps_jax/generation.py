@@ -21,6 +21,7 @@ from flax import nnx, struct
 from ps_jax.buckets import DEFAULT_LENGTH_BUCKETS, bucket
 from ps_jax.cache import KVCache, PrefixKV
 from ps_jax.model import Transformer
+from ps_jax.timing import timed_call
 from ps_jax.typing import Array
 
 
@@ -70,9 +71,11 @@ class GenerationResult:
   decode_s: float
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "sampling", "lora_scale"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "sampling", "lora_scale",
+                                             "num_samples"))
 def _prefill(graphdef, params, tokens, lengths, offsets, rng, prefix, lora, *, cache_len,
-             sampling, lora_scale):
+             sampling, lora_scale, num_samples):
+  """Prefills each prompt once, then fans out num_samples rows per prompt (b -> b*n + j)."""
   model = nnx.merge(graphdef, params)
   b, t = tokens.shape
   cache = KVCache.init(model.config, b, cache_len, model.dtype)
@@ -80,9 +83,11 @@ def _prefill(graphdef, params, tokens, lengths, offsets, rng, prefix, lora, *, c
   hidden, cache = model.hidden_states(tokens, positions, cache, lengths=lengths, prefix=prefix,
                                       lora=lora, lora_scale=lora_scale)
   last = hidden[jnp.arange(b), lengths - 1]  # [B, D]
+  logits = jnp.repeat(model.logits(last), num_samples, axis=0)  # [B*n, V]
   rng, key = jax.random.split(rng)
-  first = sample(model.logits(last), key, sampling)
-  return DecodeState(first, offsets + lengths, cache, rng)
+  first = sample(logits, key, sampling)
+  next_position = jnp.repeat(offsets + lengths, num_samples)
+  return DecodeState(first, next_position, cache.repeat(num_samples), rng)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "sampling",
@@ -131,10 +136,17 @@ def generate_ids(
     lora_scale: float = 0.0,
     length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
     max_prompt_tokens: int | None = None,
+    num_samples: int = 1,
 ) -> GenerationResult:
-  """Generates up to max_new_tokens after each prompt (token ids); see GenerationResult."""
+  """Generates up to max_new_tokens after each prompt (token ids); see GenerationResult.
+
+  With num_samples > 1 each prompt is prefilled once and decoded num_samples times (rows
+  b * num_samples + j). `prefill_s` (prefill + first token) excludes compilation.
+  """
   if not prompts:
     raise ValueError("prompts is empty")
+  if prefix is not None and num_samples != 1:
+    raise ValueError("num_samples > 1 with a prefix is not supported")
   if not stop_ids:
     raise ValueError("stop_ids is empty: give at least one EOS id (it also pads outputs)")
   lengths = np.array([len(p) for p in prompts], np.int32)
@@ -158,18 +170,18 @@ def generate_ids(
   graphdef, params = nnx.split(model)
   statics = dict(sampling=sampling, lora_scale=float(lora_scale))
 
+  state, prefill_s = timed_call(_prefill, graphdef, params, jnp.asarray(tokens),
+                                jnp.asarray(lengths), jnp.asarray(offsets), rng, prefix, lora,
+                                cache_len=t + max_new_tokens, num_samples=num_samples,
+                                **statics)
   start = time.perf_counter()
-  state = _prefill(graphdef, params, jnp.asarray(tokens), jnp.asarray(lengths),
-                   jnp.asarray(offsets), rng, prefix, lora, cache_len=t + max_new_tokens,
-                   **statics)
-  jax.block_until_ready(state)
-  prefill_s = time.perf_counter() - start
   out, num, cache = _decode(graphdef, params, state.cache, state.replace(cache=None),
                             jnp.asarray(stop_ids, jnp.int32), prefix, lora,
                             max_new_tokens=max_new_tokens, **statics)
   out, num = jax.device_get((out, num))
-  decode_s = time.perf_counter() - start - prefill_s
-  return GenerationResult(np.asarray(out), np.asarray(num), cache, lengths, prefill_s, decode_s)
+  decode_s = time.perf_counter() - start
+  return GenerationResult(np.asarray(out), np.asarray(num), cache,
+                          np.repeat(lengths, num_samples), prefill_s, decode_s)
 
 
 def encode_prompts(tokenizer, prompts, *, chat: bool = True) -> list[list[int]]:

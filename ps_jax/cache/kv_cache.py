@@ -39,6 +39,11 @@ class KVCache:
     """[B, S] bool: slots that hold real keys."""
     return jnp.arange(self.max_len)[None, :] < self.end_index[:, None]
 
+  def repeat(self, n: int) -> "KVCache":
+    """Each row repeated n times (row b -> rows b*n .. b*n+n-1), e.g. to fan out samples."""
+    return KVCache(k=jnp.repeat(self.k, n, axis=1), v=jnp.repeat(self.v, n, axis=1),
+                   end_index=jnp.repeat(self.end_index, n))
+
   def append(self, k_new: Array, v_new: Array, lengths: Array) -> "KVCache":
     """Writes k_new, v_new [L, B, T, K, H] at end_index; advances end_index by lengths [B].
 

@@ -103,11 +103,11 @@ class RowStats:
         return f"{self.valid} valid, {self.num_skipped} skipped ({reasons or 'none'})"
 
 
-def _first_present(obj: Mapping[str, Any], keys: Sequence[str]) -> tuple[str, Any]:
+def _first_present(obj: Mapping[str, Any], field: str, keys: Sequence[str]) -> Any:
     for key in keys:
         if obj.get(key) is not None:
-            return key, obj[key]
-    raise MalformedRow(keys[0], "missing", f"none of {list(keys)} is present")
+            return obj[key]
+    raise MalformedRow(field, "missing", f"none of {list(keys)} is present")
 
 
 def _check_text(field: str, value: Any) -> None:
@@ -157,9 +157,9 @@ def parse_row(obj: Any, limits: RowLimits | None = None) -> Row:
     """
     if not isinstance(obj, Mapping):
         raise MalformedRow("row", "wrong_type", f"expected a JSON object, got {type(obj).__name__}")
-    _, query = _first_present(obj, QUERY_KEYS)
-    _, answer = _first_present(obj, ANSWER_KEYS)
-    _, contexts = _first_present(obj, CONTEXT_KEYS)
+    query = _first_present(obj, "query", QUERY_KEYS)
+    answer = _first_present(obj, "answer", ANSWER_KEYS)
+    contexts = _first_present(obj, "contexts", CONTEXT_KEYS)
     meta = dict(obj.get("meta") or {})
     if "id" in obj and "id" not in meta:
         meta["id"] = obj["id"]

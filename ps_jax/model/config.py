@@ -59,6 +59,12 @@ class ModelConfig:
   def queries_per_kv(self) -> int:  # G
     return self.num_heads // self.num_kv_heads
 
+  @property
+  def fingerprint(self) -> str:
+    """Identifies the cache layout and RoPE of this model (caches are only valid within it)."""
+    return (f"{self.family}:L{self.num_layers}:D{self.hidden_size}:K{self.num_kv_heads}:"
+            f"H{self.head_dim}:V{self.vocab_size}:theta{self.rope_theta}:{self.rope_scaling}")
+
   @classmethod
   def from_hf(cls, hf: Mapping[str, Any]) -> "ModelConfig":
     """Builds the config from a transformers `config.json` dict."""

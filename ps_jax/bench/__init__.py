@@ -1,0 +1,1 @@
+"""Benchmarks: throughput of the forward pass (`forward`) and shared reporting (`report`)."""

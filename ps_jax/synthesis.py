@@ -1,0 +1,174 @@
+"""Synthesis over worker branches: `text` (paste the branch texts) or one of the cache methods.
+
+Cache methods share one forward: re-encode every branch to [0, L_i) -> (mapper) -> merge in
+branch order -> the synthesizer's tokens at positions Lmax, Lmax+1, ... attend to all valid
+branch slots and causally to themselves, through the (optional) LoRA.
+
+    method               mapper  LoRA
+    pcw                    -      -     (training-free Parallel Context Windows layout)
+    mapper_only            x      -
+    lora_only              -      x
+    parallel_synthesis     x      x
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ps_jax.adapter import Adapter
+from ps_jax.buckets import DEFAULT_LENGTH_BUCKETS
+from ps_jax.cache import PrefixKV
+from ps_jax.cache.branches import BranchCaches, Branches
+from ps_jax.generation import (SamplingConfig, decode_texts, encode_prompts, generate_ids,
+                               stop_ids_for)
+from ps_jax.model import ModelConfig, Transformer
+from ps_jax.model.rope import inverse_frequencies
+from ps_jax.prompts import PromptTemplates
+from ps_jax.timing import timed_call
+from ps_jax.typing import Array
+
+# method -> (uses mapper, uses LoRA)
+CACHE_METHODS = {
+    "pcw": (False, False),
+    "mapper_only": (True, False),
+    "lora_only": (False, True),
+    "parallel_synthesis": (True, True),
+}
+METHODS = ("text", *CACHE_METHODS)
+
+
+@dataclasses.dataclass
+class SynthesisResult:
+  method: str
+  texts: list[str]
+  ttft_s: float  # time to first token of the batch, device-synchronised, compile excluded
+  prompt_tokens: np.ndarray  # [B] synthesizer prompt tokens (text: includes the branch texts)
+  generated_tokens: np.ndarray  # [B]
+
+
+def _check_method(method: str) -> None:
+  if method not in METHODS:
+    raise ValueError(f"method={method!r}; expected one of {METHODS}")
+
+
+def _adapter_parts(adapter: Adapter | None, method: str, model: Transformer, dtype):
+  """(mapper or None, lora weights or None, lora scale) that `method` uses from `adapter`."""
+  use_mapper, use_lora = CACHE_METHODS[method]
+  if adapter is None:
+    return None, None, 0.0
+  adapter.check_compatible(model.config)
+  mapper = adapter.mapper if use_mapper else None
+  if use_lora and adapter.lora is not None:
+    return mapper, adapter.lora.weights(dtype), adapter.lora.scale
+  return mapper, None, 0.0
+
+
+def check_caches(model: Transformer, caches: BranchCaches) -> None:
+  if caches.model_fingerprint != model.config.fingerprint:
+    raise ValueError("branch caches come from a different model: "
+                     f"{caches.model_fingerprint!r} != {model.config.fingerprint!r}")
+
+
+def build_prefix(config: ModelConfig, caches: BranchCaches, mapper=None) -> tuple[PrefixKV, Array]:
+  """(merged read-only KV, Lmax [B]): re-encode -> map -> merge. Pure; used under jit."""
+  caches = caches.reencoded(inverse_frequencies(config))
+  if mapper is not None:
+    caches = mapper(caches)
+  return caches.merged(), caches.max_length()
+
+
+def synthesis_forward(model: Transformer, caches: BranchCaches, tokens: Array,
+                      lengths: Array | None = None, *, mapper=None, lora=None,
+                      lora_scale: float = 0.0) -> Array:
+  """Logits [B, T, V] of synthesizer tokens [B, T] placed at Lmax + t over the branches.
+
+  The one forward of all cache methods: generation, training and tests call it.
+  """
+  prefix, lmax = build_prefix(model.config, caches, mapper)
+  positions = lmax[:, None] + jnp.arange(tokens.shape[1])[None, :]
+  logits, _ = model(tokens, positions, None, lengths=lengths, prefix=prefix, lora=lora,
+                    lora_scale=lora_scale)
+  return logits
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "mapper_graphdef", "lora_scale"))
+def _synthesis_logits(graphdef, params, mapper_graphdef, mapper_params, lora, caches, tokens,
+                      lengths, *, lora_scale):
+  model = nnx.merge(graphdef, params)
+  mapper = None if mapper_graphdef is None else nnx.merge(mapper_graphdef, mapper_params)
+  return synthesis_forward(model, caches, tokens, lengths, mapper=mapper, lora=lora,
+                           lora_scale=lora_scale)
+
+
+def _split_optional(module):
+  return (None, None) if module is None else nnx.split(module)
+
+
+def synthesis_logits(model: Transformer, branches: Branches | BranchCaches, synth_tokens,
+                     method: str = "parallel_synthesis", adapter: Adapter | None = None,
+                     lengths=None) -> Array:
+  """Logits [B, T, V] for synth_tokens [B, T] (no template added); cache methods only."""
+  _check_method(method)
+  if method == "text":
+    raise ValueError("synthesis_logits serves the cache methods; for `text` run the model on "
+                     "the concatenated prompt")
+  caches = branches.caches if isinstance(branches, Branches) else branches
+  check_caches(model, caches)
+  mapper, lora, scale = _adapter_parts(adapter, method, model, model.dtype)
+  graphdef, params = nnx.split(model)
+  mapper_graphdef, mapper_params = _split_optional(mapper)
+  tokens = jnp.asarray(synth_tokens, jnp.int32)
+  return _synthesis_logits(graphdef, params, mapper_graphdef, mapper_params, lora, caches,
+                           tokens, None if lengths is None else jnp.asarray(lengths, jnp.int32),
+                           lora_scale=float(scale))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "mapper_graphdef"))
+def _build_prefix(config, mapper_graphdef, mapper_params, caches):
+  mapper = None if mapper_graphdef is None else nnx.merge(mapper_graphdef, mapper_params)
+  return build_prefix(config, caches, mapper)
+
+
+def synthesize(
+    model: Transformer,
+    tokenizer,
+    branches: Branches,
+    questions: Sequence[str],
+    method: str = "parallel_synthesis",
+    adapter: Adapter | None = None,
+    max_new_tokens: int = 256,
+    *,
+    templates: PromptTemplates = PromptTemplates(),
+    length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
+) -> SynthesisResult:
+  """The synthesizer's greedy answer to each question given its example's branches."""
+  _check_method(method)
+  if len(questions) != branches.batch_size:
+    raise ValueError(f"{len(questions)} questions for {branches.batch_size} examples of branches")
+  stops = stop_ids_for(model, tokenizer)
+  common = dict(max_new_tokens=max_new_tokens, stop_ids=stops, sampling=SamplingConfig(),
+                length_buckets=length_buckets)
+  if method == "text":
+    prompts = [templates.text_synthesizer_messages(q, t) for q, t in zip(questions, branches.texts)]
+    ids = encode_prompts(tokenizer, prompts)
+    result = generate_ids(model, ids, **common)
+    ttft = result.prefill_s
+  else:
+    check_caches(model, branches.caches)
+    mapper, lora, scale = _adapter_parts(adapter, method, model, model.dtype)
+    mapper_graphdef, mapper_params = _split_optional(mapper)
+    (prefix, lmax), prefix_s = timed_call(_build_prefix, model.config, mapper_graphdef,
+                                          mapper_params, branches.caches)
+    ids = encode_prompts(tokenizer, [templates.latent_synthesizer_messages(q) for q in questions])
+    result = generate_ids(model, ids, prefix=prefix, position_offsets=np.asarray(lmax),
+                          lora=lora, lora_scale=scale, **common)
+    ttft = prefix_s + result.prefill_s
+  return SynthesisResult(method=method, texts=decode_texts(tokenizer, result, stops), ttft_s=ttft,
+                         prompt_tokens=result.prompt_lengths, generated_tokens=result.num_tokens)
