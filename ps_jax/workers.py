@@ -132,6 +132,23 @@ def _prefill_rows(graphdef, params, tokens, lengths):
   return cache.k, cache.v
 
 
+def branch_caches_from_tokens(model: Transformer, tokens: Array, lengths: Array) -> BranchCaches:
+  """Fixed-text BranchCaches from bucket-padded branch tokens [B, R, S] and lengths [B, R].
+
+  Each branch is prefilled alone from position 0 by the frozen base model (no adapter, no
+  gradient). Pure: the training step calls it under jit.
+  """
+  b, r, s = tokens.shape
+  cache = KVCache.init(model.config, b * r, s, model.dtype)
+  _, cache = model.hidden_states(tokens.reshape(b * r, s), None, cache,
+                                 lengths=lengths.reshape(b * r))
+  k, v = jax.lax.stop_gradient((cache.k, cache.v))  # [L, B*R, S, K, H]
+  shape = (k.shape[0], b, r, s, *k.shape[3:])
+  return BranchCaches(k=k.reshape(shape), v=v.reshape(shape), lengths=lengths.astype(jnp.int32),
+                      positions=jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, r, s)),
+                      model_fingerprint=model.config.fingerprint)
+
+
 def _check_branch_count(counts: Sequence[int], branch_buckets: Sequence[int]) -> None:
   for b, n in enumerate(counts):
     if n == 0:

@@ -89,7 +89,9 @@ def _messages(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
             raise MalformedRow(field, "wrong_type", f"{field}[{i}] is {type(m).__name__}")
         role = _ROLES.get(str(m.get(role_key, "")).lower())
         if role is None:
-            raise MalformedRow(field, "invalid", f"{field}[{i}] has unknown role {m.get(role_key)!r}")
+            raise MalformedRow(
+                field, "invalid", f"{field}[{i}] has unknown role {m.get(role_key)!r}"
+            )
         if role == "system":
             continue
         out.append(
@@ -205,19 +207,27 @@ def _paragraphs(context: Any) -> list[tuple[str, list[str]]]:
             raise MalformedRow("context", "invalid", "a string that is not JSON") from None
     if isinstance(context, Mapping):  # HF: {"title": [...], "sentences": [[...], ...]}
         titles, sentences = context.get("title"), context.get("sentences")
-        if not isinstance(titles, list) or not isinstance(sentences, list) or len(titles) != len(
-            sentences
+        if (
+            not isinstance(titles, list)
+            or not isinstance(sentences, list)
+            or len(titles) != len(sentences)
         ):
-            raise MalformedRow("context", "invalid", "needs equal-length `title` and `sentences` lists")
+            raise MalformedRow(
+                "context", "invalid", "needs equal-length `title` and `sentences` lists"
+            )
         pairs = list(zip(titles, sentences))
     elif isinstance(context, list):  # original JSON: [[title, [sentences]], ...]
         pairs = []
         for i, p in enumerate(context):
             if not isinstance(p, (list, tuple)) or len(p) != 2:
-                raise MalformedRow("context", "invalid", f"context[{i}] is not a [title, sentences] pair")
+                raise MalformedRow(
+                    "context", "invalid", f"context[{i}] is not a [title, sentences] pair"
+                )
             pairs.append((p[0], p[1]))
     else:
-        raise MalformedRow("context", "missing" if context is None else "wrong_type", "no paragraphs")
+        raise MalformedRow(
+            "context", "missing" if context is None else "wrong_type", "no paragraphs"
+        )
     out = []
     for title, sents in pairs:
         if not isinstance(title, str) or not isinstance(sents, list):
@@ -265,7 +275,9 @@ def multihop_qa_to_row(
         meta["supporting_titles"] = support
     if distractors is not None:
         if not support:
-            raise MalformedRow("supporting_facts", "missing", "needed to keep only supporting paragraphs")
+            raise MalformedRow(
+                "supporting_facts", "missing", "needed to keep only supporting paragraphs"
+            )
         titles = [t for t, _ in paras]
         absent = [t for t in support if t not in titles]
         if absent:
@@ -311,7 +323,9 @@ def few_shot_to_row(obj: Mapping[str, Any]) -> Row:
         else:
             raise MalformedRow("demos", "invalid", f"demos[{i}] is not an (input, output) pair")
         if not isinstance(x, str) or not isinstance(y, str):
-            raise MalformedRow("demos", "wrong_type", f"demos[{i}] input and output must be strings")
+            raise MalformedRow(
+                "demos", "wrong_type", f"demos[{i}] input and output must be strings"
+            )
         contexts.append(_demo_text(x, y))
     instruction = obj.get("instruction") or ""
     row = Row(

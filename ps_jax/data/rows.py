@@ -124,14 +124,18 @@ def validate(row: Row, limits: RowLimits | None = None) -> Row:
     # A lone string is a Sequence too; treating it as contexts would make one branch per char.
     if isinstance(row.contexts, (str, bytes)) or not isinstance(row.contexts, Sequence):
         raise MalformedRow(
-            "contexts", "wrong_type", f"expected a list of strings, got {type(row.contexts).__name__}"
+            "contexts",
+            "wrong_type",
+            f"expected a list of strings, got {type(row.contexts).__name__}",
         )
     if not row.contexts:
         raise MalformedRow("contexts", "empty", "a row needs at least one branch")
     limits = limits or RowLimits()
     if limits.max_branches is not None and len(row.contexts) > limits.max_branches:
         raise MalformedRow(
-            "contexts", "too_many", f"{len(row.contexts)} branches > max_branches={limits.max_branches}"
+            "contexts",
+            "too_many",
+            f"{len(row.contexts)} branches > max_branches={limits.max_branches}",
         )
     for i, ctx in enumerate(row.contexts):
         if not isinstance(ctx, str):
@@ -144,7 +148,8 @@ def validate(row: Row, limits: RowLimits | None = None) -> Row:
             raise MalformedRow(
                 "contexts",
                 "too_long",
-                f"contexts[{i}] has {len(ctx)} chars > max_context_chars={limits.max_context_chars}",
+                f"contexts[{i}] has {len(ctx)} chars"
+                f" > max_context_chars={limits.max_context_chars}",
             )
     return row
 

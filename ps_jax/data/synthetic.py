@@ -131,7 +131,10 @@ _OWNERS = ("my brother's", "my sister's", "my boss's", "my friend's", "my mother
 
 def _remember(owner: str, item: str, value: str) -> str:
     you = "your" if owner == "my" else owner.replace("my ", "your ")
-    return f"User: Please remember {owner} {item}: {value}.\nAssistant: Noted, {you} {item} is {value}."
+    return (
+        f"User: Please remember {owner} {item}: {value}.\n"
+        f"Assistant: Noted, {you} {item} is {value}."
+    )
 
 
 def _chat_recall(rng: random.Random, n: int, difficulty: int) -> Instance:
@@ -146,11 +149,16 @@ def _chat_recall(rng: random.Random, n: int, difficulty: int) -> Instance:
         others = talk
     elif difficulty == 2:
         other_items = rng.sample([x for x in _ITEMS if x != item], min(n - 1, len(_ITEMS) - 1))
-        others = [_remember("my", x, _distinct(rng, lambda x=x: _ITEMS[x](rng), used)) for x in other_items]
+        others = [
+            _remember("my", x, _distinct(rng, lambda x=x: _ITEMS[x](rng), used))
+            for x in other_items
+        ]
         others += talk[len(others) :]
     else:
         owners = rng.sample(_OWNERS, min(n - 1, len(_OWNERS)))
-        others = [_remember(o, item, _distinct(rng, lambda: _ITEMS[item](rng), used)) for o in owners]
+        others = [
+            _remember(o, item, _distinct(rng, lambda: _ITEMS[item](rng), used)) for o in owners
+        ]
         others += talk[len(others) :]
     rng.shuffle(others)
     return f"What is my {item}?", answer, _place(rng, first, others)
@@ -159,7 +167,14 @@ def _chat_recall(rng: random.Random, n: int, difficulty: int) -> Instance:
 # --- tool_lookup ----------------------------------------------------------------------------
 # (tool, argument name, argument values, result field, value range, question template)
 _TOOLS = (
-    ("get_temperature", "city", _CITIES, "celsius", (1, 40), "What is the temperature in {} in celsius?"),
+    (
+        "get_temperature",
+        "city",
+        _CITIES,
+        "celsius",
+        (1, 40),
+        "What is the temperature in {} in celsius?",
+    ),
     ("get_price", "item", _GOODS, "usd", (2, 99), "What is the price of {} in dollars?"),
     ("get_distance", "city", _CITIES, "km", (100, 999), "How many km away is {}?"),
 )
@@ -205,7 +220,9 @@ def _combine_partials(rng: random.Random, n: int, difficulty: int) -> Instance:
         if per == 1:
             contexts.append(f"Part {b + 1} of the message: {part[0]}.")
         else:
-            contexts.append(f"Parts {2 * b + 1} and {2 * b + 2} of the message: {part[0]} {part[1]}.")
+            contexts.append(
+                f"Parts {2 * b + 1} and {2 * b + 2} of the message: {part[0]} {part[1]}."
+            )
     if difficulty >= 2:
         rng.shuffle(contexts)
     return "Put the parts together in order. What is the full message?", " ".join(words), contexts
@@ -217,9 +234,9 @@ def _vote_groups(rng: random.Random, n: int, difficulty: int) -> tuple[int, list
     if difficulty == 1:  # absolute majority, every dissenter alone
         m = rng.randint(n // 2 + 1, max(n // 2 + 1, n - 1))
         return m, [1] * (n - m)
-    m = rng.randint(2, n // 2 + 1)  # plurality only
+    m = rng.randint(2, n // 2 + 1)  # often a plurality short of a majority
     rest, groups = n - m, []
-    if difficulty == 3 and rest:  # a runner-up one vote behind
+    if difficulty == 3 and rest:  # a runner-up as close as the votes allow (one behind)
         groups.append(min(m - 1, rest))
         rest -= groups[0]
     while rest:
@@ -230,20 +247,29 @@ def _vote_groups(rng: random.Random, n: int, difficulty: int) -> tuple[int, list
 
 def _majority_vote(rng: random.Random, n: int, difficulty: int) -> Instance:
     """Workers add two numbers. Difficulty 1: an absolute majority, numbers below 50;
-    2: a plurality, numbers below 100; 3: the runner-up is one vote behind, wrong answers
-    are close to the right one, three-digit numbers."""
+    2: a plurality may be enough, numbers below 100; 3: as 2, the runner-up is one vote
+    behind where the count allows, wrong answers are close to the right one, operands have
+    three digits."""
     lo, hi = {1: (10, 49), 2: (10, 99), 3: (100, 499)}[difficulty]
     a, b = rng.randint(lo, hi), rng.randint(lo, hi)
     answer = a + b
     m, groups = _vote_groups(rng, n, difficulty)
     # Wrong sums stay above both operands, so the answer's number only appears as a result.
-    offsets = [1, -1, 2, -2, 3, -3, 10, -10, 20, -20] if difficulty == 3 else [d for d in range(-9, 10) if d]
+    offsets = (
+        [1, -1, 2, -2, 3, -3, 10, -10, 20, -20]
+        if difficulty == 3
+        else [d for d in range(-9, 10) if d]
+    )
     wrong = [answer + d for d in rng.sample(offsets, len(groups))]
     votes = [answer] * m + [w for w, g in zip(wrong, groups) for _ in range(g)]
     rng.shuffle(votes)
     leads = ("I add {a} and {b} to get {x}.", "{a} + {b} = {x}.", "Adding {b} to {a} gives {x}.")
     contexts = [rng.choice(leads).format(a=a, b=b, x=x) + f" Answer: {x}." for x in votes]
-    return "Several workers solved the same task. Which answer did most of them give?", str(answer), contexts
+    return (
+        "Several workers solved the same task. Which answer did most of them give?",
+        str(answer),
+        contexts,
+    )
 
 
 # --- verified_candidate ---------------------------------------------------------------------
@@ -332,7 +358,8 @@ def generate(
     lo, hi = (num_branches, num_branches) if isinstance(num_branches, int) else num_branches
     if not fam.min_branches <= lo <= hi <= MAX_BRANCHES:
         raise ValueError(
-            f"num_branches={num_branches!r} must lie in [{fam.min_branches}, {MAX_BRANCHES}] for {family}"
+            f"num_branches={num_branches!r} must lie in"
+            f" [{fam.min_branches}, {MAX_BRANCHES}] for {family}"
         )
     rng = random.Random(f"{family}/{split}/{seed}")
     rows = []
@@ -393,7 +420,9 @@ def score(family: str, prediction: str, answer: str) -> float:
     if part == gold:
         return 1.0
     if fam.lenient:
-        shape = r"\d+" if gold.isdigit() else r"[a-z]+\d+" if re.fullmatch(r"[a-z]+\d+", gold) else None
+        shape = (
+            r"\d+" if gold.isdigit() else r"[a-z]+\d+" if re.fullmatch(r"[a-z]+\d+", gold) else None
+        )
         if shape:
             found = {t for t in part.split() if re.fullmatch(shape, t)}
             if found == {gold}:

@@ -60,14 +60,16 @@ class SandboxLimits:
 
 _DEFAULT_LIMITS = SandboxLimits()
 _DETAIL_TAIL_CHARS = 2000
+_GRACE_S = 2.0  # for the bootstrap to kill the program's processes before we SIGKILL the group
 _WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm")
 # Fresh uids come from a range no distribution allocates, so a run's processes are only its own.
 _UID_BASE, _UID_SPAN = 1_500_000_000, 100_000_000
 
-# Runs first (python -I -S -c). argv[1] is a JSON plan made by `_build_argv`.
+# Runs first (python -I -S boot.py plan.json); the plan is made by `_build_argv`.
 _BOOT = r"""
 import ctypes, json, os, resource, sys
-plan = json.loads(sys.argv[1])
+with open(sys.argv[1]) as f:
+    plan = json.load(f)
 with open(plan["program_src"], "rb") as f:
     program = f.read()
 MS_NOSUID, MS_NODEV, MS_BIND, MS_MOVE, MS_REC = 2, 4, 4096, 8192, 16384
@@ -104,6 +106,7 @@ os.chdir(plan["workdir"])
 def start():
     fd = os.open(os.devnull, os.O_RDONLY)
     os.dup2(fd, 0)
+    os.close(fd)
     for name, soft, hard in plan["rlimits"]:
         resource.setrlimit(getattr(resource, name), (soft, hard))
     if uid is not None:
@@ -112,23 +115,49 @@ def start():
         os.setuid(uid)
     os.execve(plan["python"], [plan["python"], "-I", path], plan["env"])
 # The program runs in a child; we stay (root if we are root: it cannot signal or trace us) to
-# (1) kill the whole group if the harness dies (our stdin is a pipe it never writes: EOF),
-# (2) keep the program off pid 1 of a new pid namespace, where the kernel drops
-# default-action signals (SIGTERM, SIGALRM, ...) sent from inside, and
-# (3) pass its status on, a signal death as 128 + signal.
+# (1) keep the program off pid 1 of a new pid namespace, where the kernel drops
+#     default-action signals (SIGTERM, SIGALRM, ...) sent from inside;
+# (2) as child subreaper, collect and kill every descendant left when the program ends,
+#     also ones that left the process group (setsid), namespace or not;
+# (3) stop the program when our stdin (a pipe the harness never writes) closes: the harness
+#     timed out or died;
+# (4) pass the program's status on, a signal death as 128 + signal.
+PR_SET_CHILD_SUBREAPER = 36
+libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 child = os.fork()
 if child == 0:
     try:
         start()
     finally:
         os._exit(127)
-def watch_parent():
+def watch_harness():
     while os.read(0, 1):
         pass
-    os.killpg(0, 9)
+    os.kill(child, 9)
 import threading
-threading.Thread(target=watch_parent, daemon=True).start()
+threading.Thread(target=watch_harness, daemon=True).start()
 _, status = os.waitpid(child, 0)
+def children():
+    me, out = str(os.getpid()), []
+    for pid in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % pid) as f:
+                if pid.isdigit() and f.read().rsplit(")", 1)[1].split()[1] == me:
+                    out.append(int(pid))
+        except (OSError, IndexError):
+            pass
+    return out
+for _ in range(1000):  # killing a child re-parents its own children to us: repeat
+    kids = children()
+    if not kids:
+        break
+    for pid in kids:
+        os.kill(pid, 9)
+    for pid in kids:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
 os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 """
 
@@ -156,6 +185,10 @@ class _Isolation:
             parts.append("fresh uid")
         parts.append("rlimits")
         return "; ".join(parts + list(self.notes))
+
+
+def _new_uid() -> int:
+    return _UID_BASE + random.randrange(_UID_SPAN)
 
 
 def _env(workdir: str) -> dict[str, str]:
@@ -265,7 +298,12 @@ def _build_argv(iso: _Isolation, host_dir: str, timeout_s: float, limits: Sandbo
         "python": sys.executable,
         "env": _env(workdir),
     }
-    boot = [sys.executable, "-I", "-S", "-c", _BOOT, json.dumps(plan)]
+    with open(os.path.join(host_dir, "boot.py"), "w", encoding="utf-8") as f:
+        f.write(_BOOT)
+    with open(os.path.join(host_dir, "plan.json"), "w", encoding="utf-8") as f:
+        json.dump(plan, f)
+    boot = [sys.executable, "-I", "-S", os.path.join(host_dir, "boot.py"),
+            os.path.join(host_dir, "plan.json")]
     return [*iso.unshare, *boot], workdir
 
 
@@ -289,7 +327,7 @@ def _execute(program: str, timeout_s: float, limits: SandboxLimits,
              iso: _Isolation) -> tuple[bool, str, bytes]:
     """One sandboxed run; returns (passed, outcome, stdout)."""
     host_dir = tempfile.mkdtemp(prefix="ps_jax_sandbox_")
-    uid = _UID_BASE + random.randrange(_UID_SPAN) if iso.drop_uid else None
+    uid = _new_uid() if iso.drop_uid else None
     proc = None
     try:
         with open(os.path.join(host_dir, "program.py"), "w", encoding="utf-8") as f:
@@ -309,7 +347,13 @@ def _execute(program: str, timeout_s: float, limits: SandboxLimits,
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 reason = "timeout"
-        _killpg(proc.pid)
+        if reason is not None:
+            proc.stdin.close()  # the bootstrap kills the program and all its descendants
+            try:
+                proc.wait(timeout=_GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass
+        _killpg(proc.pid)  # whatever is left in the group, bootstrap included
         rc = proc.wait()
         if reason == "timeout":
             return False, f"timed out after {timeout_s:g}s", out
@@ -360,7 +404,10 @@ def _read_capped(proc: subprocess.Popen, deadline: float,
             left = deadline - time.monotonic()
             if left <= 0:
                 return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), "timeout"
-            for key, _ in sel.select(timeout=left):
+            events = sel.select(timeout=min(left, 0.1))
+            if not events and proc.poll() is not None:
+                break  # exited; only an escaped descendant could still hold the pipes open
+            for key, _ in events:
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
                     sel.unregister(key.fileobj)

@@ -202,11 +202,14 @@ def extract_final_answer(output: Any) -> str:
 
 
 def normalize_answer(s: Any) -> str:
-    """Lower-case, drop punctuation and articles (a/an/the), drop all whitespace."""
+    """Lower-case, drop punctuation and articles (a/an/the), drop all whitespace.
+
+    Articles stay when they are all there is (an answer "A" must not normalise to "").
+    """
     if not isinstance(s, str):
         return ""
     s = s.lower().translate(str.maketrans("", "", string.punctuation))
-    return re.sub(r"\s+", "", _ARTICLES.sub(" ", s))
+    return re.sub(r"\s+", "", _ARTICLES.sub(" ", s)) or re.sub(r"\s+", "", s)
 
 
 def _plain_number(s: str) -> float | None:

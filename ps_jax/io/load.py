@@ -6,10 +6,10 @@ import os
 
 import jax.numpy as jnp
 
-from ps_jax.io.gguf_import import load_gguf
+from ps_jax.io.gguf_import import config_from_gguf, load_gguf
 from ps_jax.io.hf import load_hf_folder
 from ps_jax.io.registry import EMBEDDED, embedded_path
-from ps_jax.model import Transformer
+from ps_jax.model import ModelConfig, Transformer
 
 
 def load(source: str, dtype=jnp.float32) -> tuple[Transformer, object | None]:
@@ -17,9 +17,7 @@ def load(source: str, dtype=jnp.float32) -> tuple[Transformer, object | None]:
 
   The tokenizer is a transformers tokenizer, or None where the source has none.
   """
-  source = os.fspath(source)
-  if source in EMBEDDED:
-    source = embedded_path(source)
+  source = _resolve(source)
   if source.endswith(".gguf"):
     return load_gguf(source, dtype=dtype), _gguf_tokenizer(source)
   if os.path.isdir(source):
@@ -27,6 +25,26 @@ def load(source: str, dtype=jnp.float32) -> tuple[Transformer, object | None]:
   raise ValueError(f"cannot load {source!r}: expected a local transformers folder "
                    f"(config.json + *.safetensors), a .gguf file, or an embedded name "
                    f"{sorted(EMBEDDED)}")
+
+
+def load_tokenizer(source: str):
+  """The tokenizer of a source (as `load` returns it) without loading the weights."""
+  path = _resolve(source)
+  return _gguf_tokenizer(path) if path.endswith(".gguf") else _folder_tokenizer(path)
+
+
+def load_config(source: str) -> ModelConfig:
+  """The ModelConfig of a source without loading the weights."""
+  path = _resolve(source)
+  if path.endswith(".gguf"):
+    import gguf  # pylint: disable=import-outside-toplevel
+    return config_from_gguf(gguf.GGUFReader(path))
+  return ModelConfig.from_hf_file(os.path.join(path, "config.json"))
+
+
+def _resolve(source: str) -> str:
+  source = os.fspath(source)
+  return embedded_path(source) if source in EMBEDDED else source
 
 
 def _folder_tokenizer(folder: str):

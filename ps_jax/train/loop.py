@@ -1,0 +1,187 @@
+"""The training loop: data, jitted sharded step, metrics, periodic evaluation, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from ps_jax.adapter import Adapter
+from ps_jax.data.pipeline import PipelineConfig, make_dataset, tokenize_rows
+from ps_jax.data.rows import Row
+from ps_jax.model import Transformer
+from ps_jax.sharding import MeshConfig, batch_sharding, make_mesh, state_shardings
+from ps_jax.train.checkpoint import Checkpointer, abstract_like
+from ps_jax.train.step import (OptimizerConfig, TrainState, eval_step, init_state,
+                               make_optimizer, split_adapter, train_step)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+  rank: int = 16
+  alpha: float = 32.0
+  mapper_hidden_dim: int = 32
+  metadata_features: str = "both"
+  per_head_mapper: bool = False
+  seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  num_steps: int
+  checkpoint_every: int
+  eval_every: int = 0  # 0 = only at the end
+  eval_batches: int = 4
+  pipeline: PipelineConfig = PipelineConfig()
+  optimizer: OptimizerConfig = OptimizerConfig()
+  adapter: AdapterConfig = AdapterConfig()
+  mesh: MeshConfig = MeshConfig()
+  max_checkpoints: int = 3
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+@dataclasses.dataclass
+class TrainResult:
+  adapter: Adapter
+  last_step: int
+  history: list[dict]  # the metrics.jsonl records of this run (resumed steps included)
+
+
+def _read_metrics(path: str, up_to_step: int) -> list[dict]:
+  """Records with step <= up_to_step (steps after a checkpoint are redone on resume)."""
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # a line cut by a kill
+      if rec.get("step", math.inf) <= up_to_step:
+        records.append(rec)
+  return records
+
+
+def train(model: Transformer, tokenizer, train_rows: Sequence[Row], eval_rows: Sequence[Row],
+          cfg: TrainConfig, workdir: str) -> TrainResult:
+  """Trains the adapter (mapper + LoRA) on `train_rows`; resumes from `workdir` if possible."""
+  os.makedirs(workdir, exist_ok=True)
+  pcount, pindex = jax.process_count(), jax.process_index()
+  train_set = tokenize_rows(train_rows, tokenizer, cfg.pipeline)
+  eval_cfg = dataclasses.replace(cfg.pipeline, shuffle=False, repeat=False)
+  eval_set = tokenize_rows(eval_rows, tokenizer, eval_cfg)
+  logging.info("train rows: %s; eval rows: %s", train_set.stats, eval_set.stats)
+
+  mesh = make_mesh(cfg.mesh)
+  model_graphdef, model_params = nnx.split(model)
+  model_params = jax.device_put(model_params, state_shardings(model_params, mesh))
+  adapter = Adapter.create(model.config, **dataclasses.asdict(cfg.adapter))
+  adapter_graphdef, _, adapter_rest = split_adapter(adapter)
+  optimizer = make_optimizer(cfg.optimizer)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  state = jax.device_put(init_state(adapter, optimizer), replicated)
+
+  statics = dict(model_graphdef=model_graphdef, adapter_graphdef=adapter_graphdef,
+                 adapter_rest=adapter_rest)
+  step_fn = jax.jit(functools.partial(train_step, optimizer=optimizer, **statics),
+                    donate_argnums=0, out_shardings=replicated)
+  eval_fn = jax.jit(functools.partial(eval_step, **statics), out_shardings=replicated)
+
+  data = make_dataset(train_set.examples, cfg.pipeline, process_index=pindex,
+                      process_count=pcount)
+  iterator = iter(data)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=cfg.checkpoint_every,
+                      max_to_keep=cfg.max_checkpoints)
+  start_step = 0
+  restored = ckpt.restore_latest(abstract_like(state))
+  if restored is not None:
+    start_step, state, data_state = restored
+    state = jax.device_put(state, replicated)
+    iterator.set_state(data_state)
+    logging.info("resumed from step %d", start_step)
+
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  history = _read_metrics(metrics_path, start_step)
+  with open(metrics_path, "w") as f:  # drop records of steps that will be redone
+    f.writelines(json.dumps(r) + "\n" for r in history)
+  writer = _summary_writer(workdir) if pindex == 0 else None  # TensorBoard event files
+  skipped = {f"skipped/{k}": v for k, v in train_set.stats.skipped.items()}
+
+  def to_global(batch):
+    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+            for k, v in batch.items()}
+
+  def evaluate(state) -> dict:
+    if not eval_set.examples:
+      return {}
+    it = iter(make_dataset(eval_set.examples, eval_cfg))
+    total, count = 0.0, 0.0
+    for _, batch in zip(range(cfg.eval_batches), it):
+      if len(batch["synth_lengths"]) != cfg.pipeline.batch_size:
+        break  # a short last batch would compile a new program
+      m = eval_fn(state, model_params, to_global(batch))
+      total += float(m["loss"]) * float(m["target_tokens"])
+      count += float(m["target_tokens"])
+    return {"eval_loss": total / max(count, 1.0)}
+
+  tokens_per_step = cfg.pipeline.batch_size * (
+      cfg.pipeline.max_branches * cfg.pipeline.branch_tokens + cfg.pipeline.synth_tokens)
+  bar = tqdm(total=cfg.num_steps, initial=start_step, desc="train", unit="step",
+             disable=pindex != 0)
+  step = start_step
+  with open(metrics_path, "a") as metrics_file:
+    while step < cfg.num_steps:
+      batch = to_global(next(iterator))
+      t0 = time.perf_counter()
+      state, m = step_fn(state, model_params, batch)
+      loss = float(m["loss"])
+      seconds = time.perf_counter() - t0
+      step += 1
+      if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"loss is {loss} at step {step}; stopping. The last good checkpoint "
+            f"(step {ckpt.manager.latest_step()}) is kept in {ckpt.directory}")
+      record = {"step": step, "loss": loss, "grad_norm": float(m["grad_norm"]),
+                "target_tokens": float(m["target_tokens"]), "step_s": seconds,
+                "tokens_per_s": tokens_per_step / seconds, **skipped}
+      if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.num_steps:
+        record.update(evaluate(state))
+      history.append(record)
+      if pindex == 0:
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+        if writer is not None:
+          for k, v in record.items():
+            if k != "step":
+              writer.add_scalar(k, v, step)
+      bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+      bar.update(1)
+      if ckpt.should_save(step) or step == cfg.num_steps:
+        ckpt.save(step, state, iterator.get_state())
+  bar.close()
+  ckpt.close()
+  if writer is not None:
+    writer.close()
+  nnx.update(adapter, jax.device_get(state.trainable))
+  return TrainResult(adapter=adapter, last_step=step, history=history)
+
+
+def _summary_writer(workdir: str):
+  from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  return SummaryWriter(os.path.join(workdir, "tensorboard"))

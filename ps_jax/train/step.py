@@ -1,0 +1,93 @@
+"""The training step: a pure function of (trainable state, frozen base params, batch).
+
+Branch caches come from the frozen base under stop_gradient; the synthesizer tokens go through
+the shared `synthesis_forward`; the loss is the token-mean cross-entropy on target tokens;
+gradients reach only the adapter's MapperParam and LoRAParam leaves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from ps_jax.adapter import Adapter
+from ps_jax.mapper import MapperParam
+from ps_jax.model import Transformer
+from ps_jax.synthesis import synthesis_forward
+from ps_jax.typing import Array, PyTree
+from ps_jax.workers import branch_caches_from_tokens
+
+TRAINABLE = nnx.Any(nnx.LoRAParam, MapperParam)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  learning_rate: float = 1e-4  # reference: AdamW, lr 1e-4, weight decay 0, constant
+  weight_decay: float = 0.0
+  warmup_steps: int = 0
+  clip_norm: float | None = None
+
+
+def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+  lr = cfg.learning_rate
+  if cfg.warmup_steps:
+    lr = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+  chain = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
+  return optax.chain(*chain, optax.adamw(lr, weight_decay=cfg.weight_decay))
+
+
+@struct.dataclass
+class TrainState:
+  step: Array  # [] int32
+  trainable: PyTree  # pure dict of the adapter's LoRAParam + MapperParam leaves
+  opt_state: PyTree
+
+
+def split_adapter(adapter: Adapter):
+  """(graphdef, trainable state, other state): one split, trainable types first."""
+  graphdef, trainable, rest = nnx.split(adapter, TRAINABLE, ...)
+  return graphdef, trainable, rest
+
+
+def init_state(adapter: Adapter, optimizer: optax.GradientTransformation) -> TrainState:
+  trainable = nnx.to_pure_dict(split_adapter(adapter)[1])
+  return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                    opt_state=optimizer.init(trainable))
+
+
+def loss_fn(trainable, model: Transformer, adapter_graphdef, adapter_rest, batch):
+  """(token-mean target cross-entropy, number of target tokens)."""
+  adapter = nnx.merge(adapter_graphdef, trainable, adapter_rest)
+  caches = branch_caches_from_tokens(model, batch["branch_tokens"], batch["branch_lengths"])
+  lora = adapter.lora.weights(model.dtype) if adapter.lora is not None else None
+  logits = synthesis_forward(model, caches, batch["synth_tokens"], batch["synth_lengths"],
+                             mapper=adapter.mapper, lora=lora,
+                             lora_scale=adapter.lora.scale if adapter.lora is not None else 0.0)
+  targets = jnp.roll(batch["synth_tokens"], -1, axis=1)  # logits at t predict token t + 1
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, T]
+  mask = batch["loss_mask"]
+  count = jnp.sum(mask)
+  return jnp.sum(ce * mask) / jnp.maximum(count, 1.0), count
+
+
+def train_step(state: TrainState, model_params, batch, *, model_graphdef, adapter_graphdef,
+               adapter_rest, optimizer):
+  """One AdamW step on the adapter; returns (new state, metrics)."""
+  model = nnx.merge(model_graphdef, model_params)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (loss, count), grads = grad_fn(state.trainable, model, adapter_graphdef, adapter_rest, batch)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+  trainable = optax.apply_updates(state.trainable, updates)
+  metrics = {"loss": loss, "target_tokens": count, "grad_norm": optax.global_norm(grads)}
+  return TrainState(step=state.step + 1, trainable=trainable, opt_state=opt_state), metrics
+
+
+def eval_step(state: TrainState, model_params, batch, *, model_graphdef, adapter_graphdef,
+              adapter_rest):
+  model = nnx.merge(model_graphdef, model_params)
+  loss, count = loss_fn(state.trainable, model, adapter_graphdef, adapter_rest, batch)
+  return {"loss": loss, "target_tokens": count}
