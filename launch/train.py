@@ -95,6 +95,10 @@ def main(argv):
   from ps_jax.train.loop import train  # pylint: disable=import-outside-toplevel
 
   c = FLAGS.config
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  if jax.process_index() == 0:  # the run's config, for export and for the record
+    with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
+      f.write(c.to_json_best_effort(indent=1))
   model, tokenizer = build_model(c.model)
   train_rows, heldout = build_rows(c.data)
   logging.info("%d training rows, %d held-out rows", len(train_rows), len(heldout))

@@ -1,0 +1,1 @@
+"""Training of the synthesizer adapter (cache mapper + LoRA) on fixed-text branches."""
