@@ -222,6 +222,7 @@ def load_mbppplus(path: str | None = None, split: str = "test",
         code = _get(row, i, "code")
         test_list = _get(row, i, "test_list", kind=list)
         imports = row.get("test_imports") or []
+        imports = [imports] if isinstance(imports, str) else list(imports)
         tests = row.get("test") or "\n".join(test_list)
         defined = re.findall(r"^def\s+(\w+)\s*\(", code, re.M)
         called = [n for n in defined if re.search(rf"\b{n}\s*\(", "\n".join(test_list))]

@@ -20,9 +20,10 @@ Layers of containment, strongest available first (probed once per process, see
 * A wall-clock timeout that SIGKILLs the whole process group; stdout+stderr are read up to a
   byte cap and the run is killed past it; an environment with none of the parent's variables.
 
-A small bootstrap script (`_BOOT`) runs first inside the namespaces (as root when we are root),
-does the mounts, sets the rlimits, drops the uid and execs the real interpreter. Doing this in a
-separate process rather than `preexec_fn` keeps `run_code` safe to call from several threads.
+A small bootstrap script (`_BOOT`) runs first inside the namespaces (as root when we are root):
+it does the mounts, forks the program (rlimits set, uid dropped, then exec of `python -I`),
+waits for it and kills whatever it left behind. Doing this in a separate process rather than
+`preexec_fn` keeps `run_code` safe to call from several threads.
 """
 
 from __future__ import annotations
@@ -117,8 +118,9 @@ def start():
 # The program runs in a child; we stay (root if we are root: it cannot signal or trace us) to
 # (1) keep the program off pid 1 of a new pid namespace, where the kernel drops
 #     default-action signals (SIGTERM, SIGALRM, ...) sent from inside;
-# (2) as child subreaper, collect and kill every descendant left when the program ends,
-#     also ones that left the process group (setsid), namespace or not;
+# (2) kill every process the program leaves behind, also ones that left the process group
+#     (setsid): in a pid namespace by exiting; else, as child subreaper that inherits them,
+#     by kill(-1) under the program's uid, or by sweeping the re-parented orphans;
 # (3) stop the program when our stdin (a pipe the harness never writes) closes: the harness
 #     timed out or died;
 # (4) pass the program's status on, a signal death as 128 + signal.
@@ -147,17 +149,31 @@ def children():
         except (OSError, IndexError):
             pass
     return out
-for _ in range(1000):  # killing a child re-parents its own children to us: repeat
-    kids = children()
-    if not kids:
-        break
-    for pid in kids:
-        os.kill(pid, 9)
-    for pid in kids:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
+def reap():
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
             pass
+    except ChildProcessError:
+        pass
+if os.getpid() == 1:
+    pass  # our exit makes the kernel kill every process left in the namespace, at once
+elif uid is not None:
+    # kill(-1) from the program's own uid reaches exactly its processes, in one sweep.
+    helper = os.fork()
+    if helper == 0:
+        os.setgroups([]); os.setgid(uid); os.setuid(uid)
+        os.kill(-1, 9)
+        os._exit(0)
+    os.waitpid(helper, 0)
+    reap()
+else:
+    for _ in range(100):  # killing a child re-parents its own children to us: repeat
+        kids = children()
+        if not kids:
+            break
+        for pid in kids:
+            os.kill(pid, 9)
+        reap()
 os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 """
 
@@ -266,8 +282,9 @@ def _count_own_tasks() -> int:
 
 
 def _build_argv(iso: _Isolation, host_dir: str, timeout_s: float, limits: SandboxLimits,
-                uid: int | None) -> tuple[list[str], str]:
-    cpu = math.ceil(timeout_s) + 1
+                uid: int | None) -> list[str]:
+    """Write the bootstrap and its plan into host_dir; return the command line."""
+    cpu = max(1, math.ceil(timeout_s)) + 1  # a backstop: the wall-clock timeout comes first
     nproc = limits.max_processes
     if not iso.drop_uid and not iso.unshare:
         nproc += _count_own_tasks()  # the limit is per user here, not per run
@@ -304,7 +321,7 @@ def _build_argv(iso: _Isolation, host_dir: str, timeout_s: float, limits: Sandbo
         json.dump(plan, f)
     boot = [sys.executable, "-I", "-S", os.path.join(host_dir, "boot.py"),
             os.path.join(host_dir, "plan.json")]
-    return [*iso.unshare, *boot], workdir
+    return [*iso.unshare, *boot]
 
 
 def _kill_uid(uid: int) -> None:
@@ -332,7 +349,7 @@ def _execute(program: str, timeout_s: float, limits: SandboxLimits,
     try:
         with open(os.path.join(host_dir, "program.py"), "w", encoding="utf-8") as f:
             f.write(program)
-        argv, _ = _build_argv(iso, host_dir, timeout_s, limits, uid)
+        argv = _build_argv(iso, host_dir, timeout_s, limits, uid)
         if not iso.mount_ns:
             os.mkdir(os.path.join(host_dir, "work"))
             if uid is not None:

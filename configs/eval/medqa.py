@@ -1,0 +1,14 @@
+r"""Evaluate text vs cache synthesis on medqa.
+
+  python -m launch.eval --config configs/eval/medqa.py --workdir workdir/eval_medqa
+
+Overrides: --config.path=FILE.jsonl (local data in the public schema), --config.limit=N,
+--config.adapter=DIR (a trained adapter), --config.methods='("text","parallel_synthesis")'.
+"""
+
+from configs.eval.base import eval_config
+
+
+def get_config(arg=None):
+  del arg
+  return eval_config("medqa")

@@ -1,0 +1,163 @@
+"""The evaluation runner: workers -> each synthesis method -> scores, per example, resumable.
+
+Workflows produce the branches; synthesis never changes with them. The default workflow
+samples N workers from the frozen base model on the formatted question; a tool-using
+workflow (ReAct workers for GAIA, multi-agent diagnosis) implements the same `Workflow`
+protocol and returns fixed-text branches of its trajectories (`ps_jax.encode_branches`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Protocol, Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from ps_jax.adapter import Adapter
+from ps_jax.cache.branches import Branches
+from ps_jax.evals.datasets import EvalExample, format_question
+from ps_jax.evals.scorers import score_example
+from ps_jax.model import Transformer
+from ps_jax.prompts import PromptTemplates
+from ps_jax.synthesis import synthesize
+from ps_jax.workers import run_workers
+
+# Workers and synthesizer see the dataset's own instruction (format_question) as the question.
+EVAL_TEMPLATES = PromptTemplates(worker="{question}")
+
+
+class Workflow(Protocol):
+
+  def __call__(self, model: Transformer, tokenizer, examples: Sequence[EvalExample],
+               rng: jax.Array) -> Branches:
+    """The branches (worker outputs) of a batch of examples."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingWorkers:
+  """N independent workers sampled from the base model on the formatted question."""
+
+  num_branches: int = 3
+  max_new_tokens: int = 256
+  temperature: float = 0.6
+  top_p: float = 0.95
+  templates: PromptTemplates = EVAL_TEMPLATES
+
+  def __call__(self, model, tokenizer, examples, rng):
+    return run_workers(model, tokenizer, [format_question(e) for e in examples],
+                       num_branches=self.num_branches, max_new_tokens=self.max_new_tokens,
+                       rng=rng, temperature=self.temperature, top_p=self.top_p,
+                       templates=self.templates)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  methods: tuple[str, ...] = ("text", "pcw", "parallel_synthesis")
+  max_new_tokens: int = 256  # synthesizer
+  batch_size: int = 4
+  seed: int = 0
+  code_timeout_s: float = 10.0
+  templates: PromptTemplates = EVAL_TEMPLATES
+
+
+def _read_done(path: str) -> dict[str, dict]:
+  done = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          rec = json.loads(line)
+        except json.JSONDecodeError:
+          continue  # a line cut by a kill: that example is redone
+        done[rec["id"]] = rec
+  return done
+
+
+def run_eval(model: Transformer, tokenizer, examples: Sequence[EvalExample], cfg: EvalConfig,
+             workdir: str, *, workflow: Workflow = SamplingWorkers(),
+             adapter: Adapter | None = None) -> dict:
+  """Evaluates every method on every example; resumes from WORKDIR/results.jsonl.
+
+  Examples are processed in fixed chunks of batch_size whose rng depends only on the seed
+  and the chunk index, so a resumed run reproduces what an uninterrupted run computes.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "results.jsonl")
+  done = _read_done(path)
+  with open(path, "w") as f:  # drop a line cut by a kill, so appends start on a fresh line
+    f.writelines(json.dumps(r) + "\n" for r in done.values())
+  chunks = [examples[i:i + cfg.batch_size] for i in range(0, len(examples), cfg.batch_size)]
+  with open(path, "a") as out, tqdm(total=len(examples), initial=len(done), desc="eval",
+                                    unit="example") as bar:
+    for index, chunk in enumerate(chunks):
+      if all(e.id in done for e in chunk):
+        continue
+      rng = jax.random.fold_in(jax.random.key(cfg.seed), index)
+      branches = workflow(model, tokenizer, chunk, rng)
+      questions = [format_question(e) for e in chunk]
+      per_method = {}
+      for m in cfg.methods:
+        per_method[m] = synthesize(model, tokenizer, branches, questions, method=m,
+                                   adapter=None if m == "text" else adapter,
+                                   max_new_tokens=cfg.max_new_tokens, templates=cfg.templates)
+      for i, ex in enumerate(chunk):
+        if ex.id in done:
+          continue
+        rec = {"id": ex.id, "chunk": index, "question": ex.question, "gold": ex.gold,
+               "branches": branches.texts[i], "methods": {}}
+        for m, res in per_method.items():
+          rec["methods"][m] = {
+              "output": res.texts[i],
+              "score": score_example(ex, res.texts[i], timeout_s=cfg.code_timeout_s),
+              "ttft_s": res.ttft_s,  # of the whole chunk (one batched synthesizer call)
+              "prompt_tokens": int(res.prompt_tokens[i]),
+              "generated_tokens": int(res.generated_tokens[i]),
+          }
+        out.write(json.dumps(rec) + "\n")
+        out.flush()
+        done[ex.id] = rec
+        bar.update(1)
+  records = [done[e.id] for e in examples if e.id in done]
+  summary = summarize(records, cfg.methods)
+  write_summary(summary, workdir)
+  return summary
+
+
+def summarize(records: Sequence[dict], methods: Sequence[str]) -> dict:
+  """Accuracy, TTFT medians (one value per chunk) and speed-up versus text, per method."""
+  out = {"num_examples": len(records), "methods": {}}
+  for m in methods:
+    scores = [r["methods"][m]["score"] for r in records]
+    chunk_ttft = {r["chunk"]: r["methods"][m]["ttft_s"] for r in records}
+    out["methods"][m] = {
+        "accuracy": float(np.mean(scores)) if scores else float("nan"),
+        "ttft_median_s": float(np.median(list(chunk_ttft.values()))) if chunk_ttft else None,
+        "prompt_tokens_mean": float(np.mean([r["methods"][m]["prompt_tokens"]
+                                             for r in records])) if records else None,
+        "generated_tokens_mean": float(np.mean([r["methods"][m]["generated_tokens"]
+                                                for r in records])) if records else None,
+    }
+  if "text" in out["methods"]:
+    base = out["methods"]["text"]["ttft_median_s"]
+    for m, s in out["methods"].items():
+      s["ttft_speedup_vs_text"] = (base / s["ttft_median_s"]
+                                   if base and s["ttft_median_s"] else None)
+  return out
+
+
+def write_summary(summary: dict, workdir: str, title: str = "Evaluation") -> None:
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  lines = [f"# {title}", "", f"{summary['num_examples']} examples.", "",
+           "| method | accuracy (%) | TTFT median (ms) | speed-up vs text | prompt tokens |",
+           "|---|---|---|---|---|"]
+  for m, s in summary["methods"].items():
+    speed = s.get("ttft_speedup_vs_text")
+    lines.append(f"| {m} | {100 * s['accuracy']:.1f} | {1e3 * (s['ttft_median_s'] or 0):.1f} | "
+                 f"{'' if speed is None else f'{speed:.2f}x'} | {s['prompt_tokens_mean']:.0f} |")
+  with open(os.path.join(workdir, "summary.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")

@@ -1,0 +1,53 @@
+"""The evaluation runner: per-example records, summary, and exact resume after interruption."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+from flax import nnx
+
+import ps_jax as ps
+from ps_jax.evals import load_eval_dataset
+from ps_jax.evals.runner import EvalConfig, SamplingWorkers, run_eval
+
+pytestmark = pytest.mark.slow  # loads the SmolLM2 tokenizer and compiles a few programs
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  """A 2-layer random model with SmolLM2's tokenizer and vocabulary (outputs are noise)."""
+  config = dataclasses.replace(ps.io.load_config("smollm2-135m-instruct"), hidden_size=32,
+                               intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                               head_dim=8)
+  return ps.Transformer(config, rngs=nnx.Rngs(0)), ps.io.load_tokenizer("smollm2-135m-instruct")
+
+
+def _scores(workdir):
+  with open(os.path.join(workdir, "results.jsonl")) as f:
+    recs = [json.loads(line) for line in f]
+  return {r["id"]: {m: (v["output"], v["score"]) for m, v in r["methods"].items()} for r in recs}
+
+
+def test_resumed_run_equals_uninterrupted(tiny_model, tmp_path):
+  model, tok = tiny_model
+  examples = load_eval_dataset("humaneval", limit=4)
+  cfg = EvalConfig(methods=("text", "pcw"), max_new_tokens=6, batch_size=2, code_timeout_s=5)
+  workers = SamplingWorkers(num_branches=2, max_new_tokens=6)
+  full = run_eval(model, tok, examples, cfg, str(tmp_path / "full"), workflow=workers)
+
+  part = tmp_path / "part"
+  run_eval(model, tok, examples[:2], cfg, str(part), workflow=workers)  # first chunk only
+  with open(part / "results.jsonl", "a") as f:
+    f.write('{"id": "cut by a ki')  # a half-written line from a killed run
+  resumed = run_eval(model, tok, examples, cfg, str(part), workflow=workers)
+
+  assert _scores(tmp_path / "full") == _scores(part)
+  assert len(_scores(part)) == 4
+  for m in cfg.methods:
+    assert resumed["methods"][m]["accuracy"] == full["methods"][m]["accuracy"]
+  assert os.path.exists(part / "summary.md")
+  record = json.loads(open(part / "results.jsonl").readline())
+  assert set(record) >= {"id", "question", "gold", "branches", "methods"}
+  assert set(record["methods"]["pcw"]) >= {"output", "score", "ttft_s", "prompt_tokens",
+                                           "generated_tokens"}
