@@ -23,7 +23,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       families=FAMILIES, train_per_family=400, eval_per_family=24, num_branches=(2, 4),
       difficulty=1, seed=0, extra_jsonl=()))
   c.pipeline = ml_collections.ConfigDict(dict(
-      batch_size=4, max_branches=4, branch_tokens=64, synth_tokens=128, seed=0))
+      batch_size=4, max_branches=4, branch_tokens=64, synth_tokens=128, target_tokens=16,
+      seed=0))
   c.train = ml_collections.ConfigDict(dict(num_steps=300, eval_every=100, eval_batches=6))
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=50, max_to_keep=3))
   c.optimizer = ml_collections.ConfigDict(dict(

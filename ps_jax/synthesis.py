@@ -84,18 +84,22 @@ def build_prefix(config: ModelConfig, caches: BranchCaches, mapper=None) -> tupl
   return caches.merged(), caches.max_length()
 
 
-def synthesis_forward(model: Transformer, caches: BranchCaches, tokens: Array,
-                      lengths: Array | None = None, *, mapper=None, lora=None,
-                      lora_scale: float = 0.0) -> Array:
-  """Logits [B, T, V] of synthesizer tokens [B, T] placed at Lmax + t over the branches.
-
-  The one forward of all cache methods: generation, training and tests call it.
-  """
+def synthesis_hidden(model: Transformer, caches: BranchCaches, tokens: Array,
+                     lengths: Array | None = None, *, mapper=None, lora=None,
+                     lora_scale: float = 0.0) -> Array:
+  """Final hidden states [B, T, D] of synthesizer tokens [B, T] placed at Lmax + t over the
+  branches: the one forward of all cache methods (generation, training and tests)."""
   prefix, lmax = build_prefix(model.config, caches, mapper)
   positions = lmax[:, None] + jnp.arange(tokens.shape[1])[None, :]
-  logits, _ = model(tokens, positions, None, lengths=lengths, prefix=prefix, lora=lora,
-                    lora_scale=lora_scale)
-  return logits
+  hidden, _ = model.hidden_states(tokens, positions, None, lengths=lengths, prefix=prefix,
+                                  lora=lora, lora_scale=lora_scale)
+  return hidden
+
+
+def synthesis_forward(model: Transformer, caches: BranchCaches, tokens: Array,
+                      lengths: Array | None = None, **kwargs) -> Array:
+  """Logits [B, T, V] of `synthesis_hidden`."""
+  return model.logits(synthesis_hidden(model, caches, tokens, lengths, **kwargs))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mapper_graphdef", "lora_scale"))

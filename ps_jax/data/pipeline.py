@@ -1,8 +1,9 @@
 """grain input pipeline: rows -> tokenized, bucket-padded training examples -> batches.
 
 An example holds the branch token ids [R, S] (each context prefilled alone from position 0),
-the synthesizer tokens [T] (chat-templated latent prompt + answer + end-of-turn) and a loss
-mask [T] that selects the positions whose *next* token is a target token. Rows that cannot be
+the synthesizer tokens [T] (chat-templated latent prompt + answer + end-of-turn), a loss
+mask [T] that selects the positions whose *next* token is a target token, and the first such
+position (target_start: the loss window is [target_start, target_start + A)). Rows that cannot be
 trained on (malformed, a branch or prompt longer than its bucket) are skipped and counted.
 Order is deterministic by seed; the iterator state is checkpointable; each process reads
 its own shard of every global batch.
@@ -27,6 +28,7 @@ class PipelineConfig:
   max_branches: int = 4  # R: branches are padded to this count
   branch_tokens: int = 64  # S: branch length bucket
   synth_tokens: int = 128  # T: synthesizer prompt + target
+  target_tokens: int = 32  # A: answer + end-of-turn (the loss window)
   seed: int = 0
   shuffle: bool = True
   repeat: bool = True  # loop over epochs (training); False = one pass (evaluation)
@@ -59,6 +61,9 @@ def tokenize_row(row: Row, tokenizer, cfg: PipelineConfig,
   target = tokenizer.encode(row.answer.strip(), add_special_tokens=False) + [
       tokenizer.eos_token_id]
   ids = prompt + target
+  if len(target) > cfg.target_tokens:
+    raise MalformedRow("answer", "too_long", f"answer has {len(target)} tokens > "
+                       f"target_tokens={cfg.target_tokens}")
   if len(ids) > cfg.synth_tokens:
     raise MalformedRow("answer", "too_long", f"prompt + answer have {len(ids)} tokens > "
                        f"synth_tokens={cfg.synth_tokens}")
@@ -67,7 +72,8 @@ def tokenize_row(row: Row, tokenizer, cfg: PipelineConfig,
   loss_mask = np.zeros((cfg.synth_tokens,), np.float32)
   loss_mask[len(prompt) - 1:len(ids) - 1] = 1.0  # logits at t predict token t + 1
   return {"branch_tokens": branch, "branch_lengths": branch_lengths, "synth_tokens": synth,
-          "synth_lengths": np.int32(len(ids)), "loss_mask": loss_mask}
+          "synth_lengths": np.int32(len(ids)), "loss_mask": loss_mask,
+          "target_start": np.int32(len(prompt) - 1)}
 
 
 def _ids(encoded) -> list[int]:

@@ -98,7 +98,7 @@ def train(model: Transformer, tokenizer, train_rows: Sequence[Row], eval_rows: S
   state = jax.device_put(init_state(adapter, optimizer), replicated)
 
   statics = dict(model_graphdef=model_graphdef, adapter_graphdef=adapter_graphdef,
-                 adapter_rest=adapter_rest)
+                 adapter_rest=adapter_rest, target_tokens=cfg.pipeline.target_tokens)
   step_fn = jax.jit(functools.partial(train_step, optimizer=optimizer, **statics),
                     donate_argnums=0, out_shardings=replicated)
   eval_fn = jax.jit(functools.partial(eval_step, **statics), out_shardings=replicated)

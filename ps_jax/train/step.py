@@ -17,7 +17,7 @@ from flax import nnx, struct
 from ps_jax.adapter import Adapter
 from ps_jax.mapper import MapperParam
 from ps_jax.model import Transformer
-from ps_jax.synthesis import synthesis_forward
+from ps_jax.synthesis import synthesis_hidden
 from ps_jax.typing import Array, PyTree
 from ps_jax.workers import branch_caches_from_tokens
 
@@ -59,27 +59,37 @@ def init_state(adapter: Adapter, optimizer: optax.GradientTransformation) -> Tra
                     opt_state=optimizer.init(trainable))
 
 
-def loss_fn(trainable, model: Transformer, adapter_graphdef, adapter_rest, batch):
-  """(token-mean target cross-entropy, number of target tokens)."""
+def loss_fn(trainable, model: Transformer, adapter_graphdef, adapter_rest, batch, *,
+            target_tokens: int):
+  """(token-mean target cross-entropy, number of target tokens).
+
+  Logits are computed only over each row's answer window [target_start, target_start + A):
+  the vocabulary projection of the prompt positions would cost most of the step for nothing.
+  """
   adapter = nnx.merge(adapter_graphdef, trainable, adapter_rest)
   caches = branch_caches_from_tokens(model, batch["branch_tokens"], batch["branch_lengths"])
   lora = adapter.lora.weights(model.dtype) if adapter.lora is not None else None
-  logits = synthesis_forward(model, caches, batch["synth_tokens"], batch["synth_lengths"],
-                             mapper=adapter.mapper, lora=lora,
-                             lora_scale=adapter.lora.scale if adapter.lora is not None else 0.0)
-  targets = jnp.roll(batch["synth_tokens"], -1, axis=1)  # logits at t predict token t + 1
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, T]
-  mask = batch["loss_mask"]
+  hidden = synthesis_hidden(model, caches, batch["synth_tokens"], batch["synth_lengths"],
+                            mapper=adapter.mapper, lora=lora,
+                            lora_scale=adapter.lora.scale if adapter.lora is not None else 0.0)
+  t = batch["synth_tokens"].shape[1]
+  window = batch["target_start"][:, None] + jnp.arange(target_tokens)[None, :]  # [B, A]
+  hidden = jnp.take_along_axis(hidden, jnp.minimum(window, t - 1)[..., None], axis=1)
+  targets = jnp.take_along_axis(batch["synth_tokens"], jnp.minimum(window + 1, t - 1), axis=1)
+  num_targets = jnp.sum(batch["loss_mask"], axis=1, keepdims=True)  # [B, 1]
+  mask = (jnp.arange(target_tokens)[None, :] < num_targets).astype(jnp.float32)  # [B, A]
+  ce = optax.softmax_cross_entropy_with_integer_labels(model.logits(hidden), targets)
   count = jnp.sum(mask)
   return jnp.sum(ce * mask) / jnp.maximum(count, 1.0), count
 
 
 def train_step(state: TrainState, model_params, batch, *, model_graphdef, adapter_graphdef,
-               adapter_rest, optimizer):
+               adapter_rest, optimizer, target_tokens):
   """One AdamW step on the adapter; returns (new state, metrics)."""
   model = nnx.merge(model_graphdef, model_params)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (loss, count), grads = grad_fn(state.trainable, model, adapter_graphdef, adapter_rest, batch)
+  (loss, count), grads = grad_fn(state.trainable, model, adapter_graphdef, adapter_rest, batch,
+                                 target_tokens=target_tokens)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
   trainable = optax.apply_updates(state.trainable, updates)
   metrics = {"loss": loss, "target_tokens": count, "grad_norm": optax.global_norm(grads)}
@@ -87,7 +97,8 @@ def train_step(state: TrainState, model_params, batch, *, model_graphdef, adapte
 
 
 def eval_step(state: TrainState, model_params, batch, *, model_graphdef, adapter_graphdef,
-              adapter_rest):
+              adapter_rest, target_tokens):
   model = nnx.merge(model_graphdef, model_params)
-  loss, count = loss_fn(state.trainable, model, adapter_graphdef, adapter_rest, batch)
+  loss, count = loss_fn(state.trainable, model, adapter_graphdef, adapter_rest, batch,
+                        target_tokens=target_tokens)
   return {"loss": loss, "target_tokens": count}
