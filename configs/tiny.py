@@ -23,6 +23,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.pipeline.batch_size = 2
   c.pipeline.branch_tokens = 32
   c.pipeline.synth_tokens = 96
+  c.mesh.fsdp = 1  # one device, whatever the host offers (tests fake 8 CPU devices)
   c.train.num_steps = 6
   c.train.eval_every = 3
   c.train.eval_batches = 2

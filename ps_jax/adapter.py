@@ -210,6 +210,10 @@ def _load_peft(folder: str, config: ModelConfig) -> LoRA:
   dims = _projection_dims(config)
   with safe_open(os.path.join(folder, "adapter_model.safetensors"), framework="numpy") as f:
     names = set(f.keys())
+    deeper = sorted(n for n in names if _layer_of(n) >= config.num_layers)
+    if deeper:
+      raise ValueError(f"{folder}: LoRA has tensors for layer {_layer_of(deeper[0])} (e.g. "
+                       f"{deeper[0]!r}) but the model has {config.num_layers} layers")
 
     def get(key, shape):
       # PEFT may save with or without the adapter name ("default") in the key.
@@ -232,6 +236,11 @@ def _load_peft(folder: str, config: ModelConfig) -> LoRA:
           [get(_peft_key(i, t, "B"), (dout, rank)).T for i in range(config.num_layers)]),
           jnp.float32))
   return lora
+
+
+def _layer_of(name: str) -> int:
+  parts = name.split(".")
+  return int(parts[parts.index("layers") + 1]) if "layers" in parts else -1
 
 
 def _save_reference_mapper(mapper: CacheMapper, folder: str) -> None:

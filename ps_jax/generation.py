@@ -149,9 +149,13 @@ def generate_ids(
     raise ValueError("num_samples > 1 with a prefix is not supported")
   if not stop_ids:
     raise ValueError("stop_ids is empty: give at least one EOS id (it also pads outputs)")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
   lengths = np.array([len(p) for p in prompts], np.int32)
   if lengths.min() == 0:
     raise ValueError(f"prompt {int(lengths.argmin())} is empty")
+  for i, p in enumerate(prompts):
+    check_token_ids(p, model.config.vocab_size, what=f"prompt {i}")
   offsets = np.zeros(len(prompts), np.int32) if position_offsets is None else np.asarray(
       position_offsets, np.int32)
   limit = model.config.max_position_embeddings
@@ -182,6 +186,15 @@ def generate_ids(
   decode_s = time.perf_counter() - start
   return GenerationResult(np.asarray(out), np.asarray(num), cache,
                           np.repeat(lengths, num_samples), prefill_s, decode_s)
+
+
+def check_token_ids(ids, vocab_size: int, *, what: str) -> None:
+  """Raises if any id lies outside [0, vocab_size) (e.g. a tokenizer of another model)."""
+  ids = np.asarray(ids)
+  if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+    bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+    raise ValueError(f"{what} has token id {bad} outside the model's vocabulary "
+                     f"[0, vocab_size={vocab_size})")
 
 
 def encode_prompts(tokenizer, prompts, *, chat: bool = True) -> list[list[int]]:

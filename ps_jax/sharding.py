@@ -54,8 +54,9 @@ def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] |
     if len(devices) % known:
       raise ValueError(f"mesh {config}: {len(devices)} devices are not divisible by {known}")
     shape[shape.index(-1)] = len(devices) // known
-  if math.prod(shape) != len(devices):
+  if math.prod(shape) > len(devices):
     raise ValueError(f"mesh {config} needs {math.prod(shape)} devices, {len(devices)} given")
+  devices = devices[:math.prod(shape)]  # a fully specified smaller mesh uses the first ones
   return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
                        devices=devices)
 

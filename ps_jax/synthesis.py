@@ -26,8 +26,8 @@ from ps_jax.adapter import Adapter
 from ps_jax.buckets import DEFAULT_LENGTH_BUCKETS
 from ps_jax.cache import PrefixKV
 from ps_jax.cache.branches import BranchCaches, Branches
-from ps_jax.generation import (SamplingConfig, decode_texts, encode_prompts, generate_ids,
-                               stop_ids_for)
+from ps_jax.generation import (SamplingConfig, check_token_ids, decode_texts, encode_prompts,
+                               generate_ids, stop_ids_for)
 from ps_jax.model import ModelConfig, Transformer
 from ps_jax.model.rope import inverse_frequencies
 from ps_jax.prompts import PromptTemplates
@@ -125,10 +125,18 @@ def synthesis_logits(model: Transformer, branches: Branches | BranchCaches, synt
                      "the concatenated prompt")
   caches = branches.caches if isinstance(branches, Branches) else branches
   check_caches(model, caches)
+  tokens = np.asarray(synth_tokens)
+  num_examples = caches.lengths.shape[0]
+  if tokens.ndim != 2 or tokens.shape[0] != num_examples:
+    raise ValueError(f"synth_tokens has shape {tokens.shape}; expected [B, T] with "
+                     f"B={num_examples}, the number of examples of the branches")
+  if lengths is not None and np.shape(lengths) != (num_examples,):
+    raise ValueError(f"lengths has shape {np.shape(lengths)}; expected ({num_examples},)")
+  check_token_ids(tokens, model.config.vocab_size, what="synth_tokens")
   mapper, lora, scale = _adapter_parts(adapter, method, model, model.dtype)
   graphdef, params = nnx.split(model)
   mapper_graphdef, mapper_params = _split_optional(mapper)
-  tokens = jnp.asarray(synth_tokens, jnp.int32)
+  tokens = jnp.asarray(tokens, jnp.int32)
   return _synthesis_logits(graphdef, params, mapper_graphdef, mapper_params, lora, caches,
                            tokens, None if lengths is None else jnp.asarray(lengths, jnp.int32),
                            lora_scale=float(scale))

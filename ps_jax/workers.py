@@ -18,7 +18,8 @@ from flax import nnx
 from ps_jax.buckets import DEFAULT_LENGTH_BUCKETS, bucket
 from ps_jax.cache import KVCache
 from ps_jax.cache.branches import BranchCaches, Branches, gather_slots
-from ps_jax.generation import SamplingConfig, encode_prompts, generate_ids, stop_ids_for
+from ps_jax.generation import (SamplingConfig, check_token_ids, encode_prompts, generate_ids,
+                               stop_ids_for)
 from ps_jax.model import Transformer
 from ps_jax.prompts import PromptTemplates
 from ps_jax.typing import Array
@@ -100,6 +101,7 @@ def encode_branches(
              else [int(t) for t in branch])
       if not ids:
         raise ValueError(f"example {b} branch {r} is empty")
+      check_token_ids(ids, model.config.vocab_size, what=f"example {b} branch {r}")
       rows.append(ids)
   lengths = np.array([len(r) for r in rows], np.int32)
   s = bucket(int(lengths.max()), length_buckets, what="branch length (tokens)")

@@ -12,8 +12,9 @@ What is measured (all device-synchronised, compilation excluded by warm-up calls
   disabled: ps_jax gets the stop id -1, which no token can equal (every row is checked to run
   the full length); transformers gets `min_new_tokens = max_new_tokens`. ps_jax: the decode
   loop of `generate_ids` (its `decode_s`, one forward step per generated token).
-  transformers: `generate(do_sample=False)` of N tokens minus that of 1 token (the prefill and
-  first token), i.e. N - 1 steps. tok/s = batch * steps / seconds.
+  transformers: `generate(do_sample=False)` with a logits processor that notes the time of
+  each step; decode time = last step's time - first step's (after the prefill), i.e. N - 1
+  steps, generate's per-step overhead included. tok/s = batch * steps / seconds.
 
 Both frameworks see the same token ids. JAX compile time is recorded separately: the warm-up
 call's extra time over the median, and JAX's own compile-phase event durations.
@@ -22,6 +23,8 @@ call's extra time over the median, and JAX's own compile-phase event durations.
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -89,98 +92,174 @@ def _ratio(a: dict | None, b: dict | None) -> float | None:
   return a["median"] / b["median"]
 
 
-def bench_ps_jax(model: Transformer, prefill: np.ndarray, decode: dict[int, np.ndarray],
-                 config: ForwardBenchConfig) -> dict[str, Any]:
-  """ps_jax prefill and decode timings (see the module docstring)."""
-  out: dict[str, Any] = {"decode": {}}
-  n = config.decode_new_tokens
+@dataclasses.dataclass
+class Timed:
+  """One measured call: seconds, forward steps it covered, and the generated ids (if any)."""
 
-  results = []
-  with report.jax_compile_events() as events:
-    first = generate_ids(model, prefill.tolist(), max_new_tokens=1, stop_ids=NEVER_STOP)
-  for _ in range(config.warmup - 1):
-    generate_ids(model, prefill.tolist(), max_new_tokens=1, stop_ids=NEVER_STOP)
-  for _ in range(config.repeats):
-    results.append(generate_ids(model, prefill.tolist(), max_new_tokens=1, stop_ids=NEVER_STOP))
-  seconds = report.summarize([r.prefill_s for r in results])
-  out["prefill"] = {
-      "batch": prefill.shape[0], "prompt_tokens": prefill.shape[1], "seconds": seconds,
-      "tokens_per_s": report.rate(prefill.size, seconds),
-      "first_call_s": first.prefill_s, "compile_s": first.prefill_s - seconds["median"],
-      "compile_events_s": dict(events),
-  }
+  seconds: float
+  steps: int = 1
+  tokens: np.ndarray | None = None
 
-  for b, ids in decode.items():
+
+class PsJaxRunner:
+  """ps_jax's side: the prefill and decode loop of `generation.generate_ids`."""
+
+  name = "ps_jax"
+
+  def __init__(self, model: Transformer):
+    self.model = model
+
+  def prefill(self, ids: np.ndarray) -> Timed:
+    r = generate_ids(self.model, ids.tolist(), max_new_tokens=1, stop_ids=NEVER_STOP)
+    return Timed(r.prefill_s)
+
+  def decode(self, ids: np.ndarray, n: int) -> Timed:
+    r = generate_ids(self.model, ids.tolist(), max_new_tokens=n, stop_ids=NEVER_STOP)
+    if not np.all(r.num_tokens == n):
+      raise RuntimeError(f"ps_jax decode stopped early: {r.num_tokens} tokens, expected {n}")
+    # The loop feeds all n tokens (the first comes from the prefill): n forward steps.
+    return Timed(r.decode_s, n, np.asarray(r.tokens))
+
+
+class TransformersRunner:
+  """transformers' side: a cached forward for prefill, `generate` for decode (see module doc)."""
+
+  name = "transformers"
+
+  def __init__(self, model):
+    import torch  # pylint: disable=import-outside-toplevel
+    from transformers import LogitsProcessor  # pylint: disable=import-outside-toplevel
+
+    class StepClock(LogitsProcessor):
+      """Notes the time of each decode step (generate calls it once per new token, right
+      after that step's forward); leaves the scores unchanged."""
+
+      def __init__(self):
+        self.times: list[float] = []
+
+      def __call__(self, input_ids, scores):
+        self.times.append(time.perf_counter())
+        return scores
+
+    self.torch, self.model, self.clock_cls = torch, model, StepClock
+    pad = getattr(model.generation_config, "pad_token_id", None)
+    self.pad = 0 if pad is None else pad
+
+  def prefill(self, ids: np.ndarray) -> Timed:
+    x = self.torch.as_tensor(ids, dtype=self.torch.long)
+    with self.torch.inference_mode():
+      start = time.perf_counter()
+      logits = self.model(input_ids=x, use_cache=True, logits_to_keep=1).logits
+      logits[:, -1].argmax(-1)
+      return Timed(time.perf_counter() - start)
+
+  def decode(self, ids: np.ndarray, n: int) -> Timed:
+    from transformers import LogitsProcessorList  # pylint: disable=import-outside-toplevel
+    x = self.torch.as_tensor(ids, dtype=self.torch.long)
+    clock = self.clock_cls()
+    with self.torch.inference_mode():
+      out = self.model.generate(x, attention_mask=self.torch.ones_like(x), do_sample=False,
+                                min_new_tokens=n, max_new_tokens=n, pad_token_id=self.pad,
+                                num_beams=1, temperature=None, top_p=None, top_k=None,
+                                logits_processor=LogitsProcessorList([clock]))
+    if len(clock.times) != n or out.shape[1] != ids.shape[1] + n:
+      raise RuntimeError(f"transformers decode ran {len(clock.times)} steps, expected {n}")
+    return Timed(clock.times[-1] - clock.times[0], n - 1, out[:, ids.shape[1]:].numpy())
+
+
+def _measure(runners, call, config: ForwardBenchConfig) -> dict[str, dict[str, Any]]:
+  """Warm-up calls of each runner (the first one's JAX compile events recorded), then
+  `repeats` rounds that call the runners in turn, so that all frameworks share the machine's
+  conditions (other load, thermal state) alike."""
+  out = {}
+  for r in runners:
     with report.jax_compile_events() as events:
-      first = generate_ids(model, ids.tolist(), max_new_tokens=n, stop_ids=NEVER_STOP)
+      first = call(r)
     for _ in range(config.warmup - 1):
-      generate_ids(model, ids.tolist(), max_new_tokens=n, stop_ids=NEVER_STOP)
-    results = [generate_ids(model, ids.tolist(), max_new_tokens=n, stop_ids=NEVER_STOP)
-               for _ in range(config.repeats)]
-    for r in results:
-      if not np.all(r.num_tokens == n):
-        raise RuntimeError(f"ps_jax decode stopped early: {r.num_tokens} tokens, expected {n}")
-    seconds = report.summarize([r.decode_s for r in results])
-    # The decode loop feeds n tokens (the first comes from the prefill): n forward steps.
-    out["decode"][str(b)] = {
-        "batch": b, "prompt_tokens": ids.shape[1], "new_tokens": n, "steps": n,
-        "seconds": seconds, "tokens_per_s": report.rate(b * n, seconds),
-        "ms_per_step": 1e3 * seconds["median"] / n,
-        "first_call_s": first.decode_s, "compile_s": first.decode_s - seconds["median"],
-        "compile_events_s": dict(events),
-        "tokens": results[-1].tokens,
-    }
-  compile_total = out["prefill"]["compile_s"] + sum(d["compile_s"] for d in out["decode"].values())
-  out["compile_s_total"] = compile_total
+      call(r)
+    out[r.name] = {"first": first, "events": dict(events), "runs": []}
+  for _ in range(config.repeats):
+    for r in runners:
+      out[r.name]["runs"].append(call(r))
   return out
 
 
-def bench_torch(model, prefill: np.ndarray, decode: dict[int, np.ndarray],
-                config: ForwardBenchConfig) -> dict[str, Any]:
-  """transformers (PyTorch eager) prefill and decode timings, same protocol and prompts."""
-  import torch  # pylint: disable=import-outside-toplevel
+def _entry(m: dict[str, Any], batch: int, prompt_tokens: int, jax_program: str | None
+           ) -> dict[str, Any]:
+  runs: list[Timed] = m["runs"]
+  seconds = report.summarize([t.seconds for t in runs])
+  steps = runs[0].steps
+  e = {"batch": batch, "prompt_tokens": prompt_tokens, "steps": steps, "seconds": seconds,
+       "tokens_per_s": report.rate(batch * (steps if runs[0].tokens is not None
+                                            else prompt_tokens), seconds),
+       "ms_per_step": 1e3 * seconds["median"] / steps, "first_call_s": m["first"].seconds}
+  if jax_program is not None:
+    e["compile_s"] = m["first"].seconds - seconds["median"]
+    e["compile_events_s"] = m["events"]
+  if runs[-1].tokens is not None:
+    e["new_tokens"] = runs[-1].tokens.shape[1]
+    e["tokens"] = runs[-1].tokens
+  return e
 
-  out: dict[str, Any] = {"decode": {}, "num_threads": torch.get_num_threads()}
-  n = config.decode_new_tokens
-  pad = getattr(model.generation_config, "pad_token_id", None)
-  pad = 0 if pad is None else pad
-  with torch.inference_mode():
-    ids = torch.as_tensor(prefill, dtype=torch.long)
 
-    def run_prefill():
-      logits = model(input_ids=ids, use_cache=True, logits_to_keep=1).logits
-      return logits[:, -1].argmax(-1)
+def run(model: Transformer, tokenizer=None, *, config: ForwardBenchConfig = ForwardBenchConfig(),
+        torch_model=None, model_name: str = "model", env_extra: dict | None = None
+        ) -> dict[str, Any]:
+  """Runs the benchmark; returns the result dict (see write). torch_model: a transformers
+  causal LM with the same weights, or None to measure ps_jax alone."""
+  vocab = model.config.vocab_size
+  env = report.environment(**(env_extra or {}))  # load average before the runs
+  prefill = prompt_ids(tokenizer, vocab, config.prefill_batch, config.prefill_tokens, config.seed)
+  decode = {b: prompt_ids(tokenizer, vocab, b, config.decode_prompt_tokens, config.seed + 1)
+            for b in config.decode_batches}
+  runners = [PsJaxRunner(model)]
+  if torch_model is not None:
+    runners.append(TransformersRunner(torch_model))
+  results: dict[str, Any] = {r.name: {"decode": {}} for r in runners}
+  if torch_model is not None:
+    import torch  # pylint: disable=import-outside-toplevel
+    results["transformers"]["num_threads"] = torch.get_num_threads()
 
-    warm, times = report.repeat(run_prefill, repeats=config.repeats, warmup=config.warmup)
-    seconds = report.summarize(times)
-    out["prefill"] = {"batch": prefill.shape[0], "prompt_tokens": prefill.shape[1],
-                      "seconds": seconds, "tokens_per_s": report.rate(prefill.size, seconds),
-                      "first_call_s": warm[0]}
+  m = _measure(runners, lambda r: r.prefill(prefill), config)
+  for r in runners:
+    jax_program = "_prefill" if r.name == "ps_jax" else None
+    results[r.name]["prefill"] = _entry(m[r.name], *prefill.shape, jax_program)
+  for b, ids in decode.items():
+    n = config.decode_new_tokens
+    m = _measure(runners, lambda r, ids=ids, n=n: r.decode(ids, n), config)
+    for r in runners:
+      jax_program = "_decode" if r.name == "ps_jax" else None
+      results[r.name]["decode"][str(b)] = _entry(m[r.name], b, ids.shape[1], jax_program)
 
-    for b, prompt in decode.items():
-      ids = torch.as_tensor(prompt, dtype=torch.long)
-      mask = torch.ones_like(ids)
-
-      def gen(k, ids=ids, mask=mask):
-        return model.generate(ids, attention_mask=mask, do_sample=False, min_new_tokens=k,
-                              max_new_tokens=k, pad_token_id=pad, num_beams=1,
-                              temperature=None, top_p=None, top_k=None)
-
-      _, t1 = report.repeat(lambda: gen(1), repeats=config.repeats, warmup=config.warmup)
-      _, tn = report.repeat(lambda: gen(n), repeats=config.repeats, warmup=config.warmup)
-      tokens = gen(n)[:, prompt.shape[1]:].numpy()
-      if tokens.shape[1] != n:
-        raise RuntimeError(f"transformers decode gave {tokens.shape[1]} tokens, expected {n}")
-      base = report.summarize(t1)["median"]
-      seconds = report.summarize([t - base for t in tn])
-      out["decode"][str(b)] = {
-          "batch": b, "prompt_tokens": prompt.shape[1], "new_tokens": n, "steps": n - 1,
-          "seconds": seconds, "tokens_per_s": report.rate(b * (n - 1), seconds),
-          "ms_per_step": 1e3 * seconds["median"] / (n - 1),
-          "generate_1_token_s": report.summarize(t1), "generate_n_tokens_s": report.summarize(tn),
-          "tokens": tokens,
-      }
-  return out
+  jx = results["ps_jax"]
+  jx["compile_s_total"] = jx["prefill"]["compile_s"] + sum(
+      d["compile_s"] for d in jx["decode"].values())
+  if torch_model is not None:
+    pt = results["transformers"]
+    ratios = {"prefill": _ratio(jx["prefill"]["tokens_per_s"], pt["prefill"]["tokens_per_s"])}
+    agreement = {}
+    for b in jx["decode"]:
+      ratios[f"decode_b{b}"] = _ratio(jx["decode"][b]["tokens_per_s"],
+                                      pt["decode"][b]["tokens_per_s"])
+      agreement[b] = greedy_agreement(jx["decode"][b]["tokens"], pt["decode"][b]["tokens"])
+    results["ratio_ps_jax_over_transformers"] = ratios
+    results["greedy_agreement"] = agreement
+  for name in ("ps_jax", "transformers"):
+    for d in results.get(name, {}).get("decode", {}).values():
+      d["tokens"] = np.asarray(d["tokens"])[:, :16]  # keep the JSON short: first 16 per row
+  try:
+    env["load_average_after"] = list(os.getloadavg())
+  except OSError:
+    pass
+  return {
+      "benchmark": "forward",
+      "model": model_name,
+      "model_config": dataclasses.asdict(model.config),
+      "dtype": str(model.dtype),
+      "config": dataclasses.asdict(config),
+      "environment": env,
+      "results": results,
+  }
 
 
 def greedy_agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -193,39 +272,158 @@ def greedy_agreement(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.mean(fractions))
 
 
-def run(model: Transformer, tokenizer=None, *, config: ForwardBenchConfig = ForwardBenchConfig(),
-        torch_model=None, model_name: str = "model", env_extra: dict | None = None
-        ) -> dict[str, Any]:
-  """Runs the benchmark; returns the result dict (see write). torch_model: a transformers
-  causal LM with the same weights, or None to measure ps_jax alone."""
-  vocab = model.config.vocab_size
-  prefill = prompt_ids(tokenizer, vocab, config.prefill_batch, config.prefill_tokens, config.seed)
-  decode = {b: prompt_ids(tokenizer, vocab, b, config.decode_prompt_tokens, config.seed + 1)
-            for b in config.decode_batches}
-  results = {"ps_jax": bench_ps_jax(model, prefill, decode, config)}
-  if torch_model is not None:
-    results["transformers"] = bench_torch(torch_model, prefill, decode, config)
-    jx, pt = results["ps_jax"], results["transformers"]
-    ratios = {"prefill": _ratio(jx["prefill"]["tokens_per_s"], pt["prefill"]["tokens_per_s"])}
-    agreement = {}
-    for b in jx["decode"]:
-      ratios[f"decode_b{b}"] = _ratio(jx["decode"][b]["tokens_per_s"],
-                                      pt["decode"][b]["tokens_per_s"])
-      agreement[b] = greedy_agreement(jx["decode"][b]["tokens"], pt["decode"][b]["tokens"])
-    results["ratio_ps_jax_over_transformers"] = ratios
-    results["greedy_agreement"] = agreement
-  for r in (results["ps_jax"], results.get("transformers")):
-    for d in (r or {}).get("decode", {}).values():
-      d["tokens"] = np.asarray(d["tokens"])[:, :16]  # keep the JSON short: first 16 per row
-  return {
-      "benchmark": "forward",
-      "model": model_name,
-      "model_config": dataclasses.asdict(model.config),
-      "dtype": str(model.dtype),
-      "config": dataclasses.asdict(config),
-      "environment": report.environment(**(env_extra or {})),
-      "results": results,
-  }
+def _time_per_call(fn, args_fn, *, repeats: int, calls: int = 8) -> dict[str, Any]:
+  """Seconds per call of a jitted fn: `repeats` samples, each `calls` back-to-back calls
+  (args_fn(prev_out) gives the next args, e.g. to feed a donated cache back), synchronised."""
+  import jax  # pylint: disable=import-outside-toplevel
+  out = fn(*args_fn(None))  # compile + warm-up
+  jax.block_until_ready(out)
+  samples = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(calls):
+      out = fn(*args_fn(out))
+    jax.block_until_ready(out)
+    samples.append((time.perf_counter() - start) / calls)
+  return report.summarize(samples)
+
+
+def decode_step_analysis(model: Transformer, *, batches: Sequence[int] = (1, 8),
+                         cache_len: int = 256, repeats: int = 5,
+                         bandwidth_mib: int = 512) -> dict[str, Any]:
+  """Where the time of one ps_jax decode step goes, measured piece by piece (ms per call).
+
+  For each batch size, with a KV cache of `cache_len` slots half full:
+  * step: one jitted decode step (forward of 1 token per row with the cache, LM head,
+    argmax, cache write; cache donated), called from Python;
+  * weight_matmuls: only the step's weight matmuls (q, k, v, o, gate, up, down per layer,
+    as a scan, plus the LM head), the same bytes of weights read: the floor for XLA's
+    matrix-vector products on this machine;
+  * lm_head: the LM head matmul + argmax alone;
+  * attention: the attention of 1 query token over the padded cache, all layers;
+  * attention_kv_major: the same attention with the cache laid out [L, B, K, S, H] (each
+    kv head's slots contiguous) instead of ps_jax's [L, B, S, K, H];
+  * cache_update: writing one token's K and V into the cache of all layers (donated).
+  Plus the memory roofline: parameter bytes / measured read bandwidth (a jitted sum over
+  `bandwidth_mib` MiB), the least time any implementation needs to stream the weights once.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  from ps_jax.cache import KVCache  # pylint: disable=import-outside-toplevel
+  from ps_jax.model.layers import attend  # pylint: disable=import-outside-toplevel
+
+  cfg = model.config
+  graphdef, params = nnx.split(model)
+  param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+
+  big = jnp.ones((bandwidth_mib * 2 ** 20 // 4,), jnp.float32)
+  read = _time_per_call(jax.jit(jnp.sum), lambda _: (big,), repeats=repeats, calls=4)
+  bandwidth = big.nbytes / read["median"]
+  del big
+  out: dict[str, Any] = {
+      "cache_len": cache_len, "param_bytes": param_bytes,
+      "read_bandwidth_gb_s": bandwidth / 1e9,
+      "roofline_weights_ms": 1e3 * param_bytes / bandwidth, "batches": {}}
+
+  def step(params, cache, tok):
+    m = nnx.merge(graphdef, params)
+    pos = cache.end_index[:, None]
+    hidden, cache = m.hidden_states(tok[:, None], pos, cache,
+                                    lengths=jnp.ones_like(cache.end_index))
+    return jnp.argmax(m.logits(hidden[:, 0]), axis=-1).astype(jnp.int32), cache
+
+  def weight_matmuls(params, x):  # x [B, D]
+    m = nnx.merge(graphdef, params)
+    a, p = m.blocks.attn, m.blocks.mlp
+    ws = (a.q.kernel[...], a.k.kernel[...], a.v.kernel[...], a.o.kernel[...],
+          p.gate.kernel[...], p.up.kernel[...], p.down.kernel[...])
+
+    def layer(x, w):
+      wq, wk, wv, wo, wg, wu, wd = w
+      kv = (x @ wk).sum(-1, keepdims=True) + (x @ wv).sum(-1, keepdims=True)
+      x = x + (x @ wq) @ wo + 1e-6 * kv
+      return x + (jax.nn.silu(x @ wg) * (x @ wu)) @ wd, None
+
+    x, _ = jax.lax.scan(layer, x, ws)
+    return jnp.argmax(m.logits(x), axis=-1)
+
+  def lm_head(params, x):
+    return jnp.argmax(nnx.merge(graphdef, params).logits(x), axis=-1)
+
+  def attention(k, v, mask, q):  # q [B, 1, N, H]; k, v [L, B, S, K, H]
+    def layer(q, kv):
+      o = attend(q, [(kv[0], kv[1], mask[:, None, :])])
+      return q + 1e-6 * o, None
+    return jax.lax.scan(layer, q, (k, v))[0]
+
+  def attention_kv_major(k, v, mask, q):  # k, v [L, B, K, S, H]: each head's slots contiguous
+    def layer(q, kv):
+      kk, vv = kv
+      b = q.shape[0]
+      qg = q.reshape(b, cfg.num_kv_heads, cfg.queries_per_kv, cfg.head_dim) * cfg.head_dim ** -0.5
+      s = jnp.einsum("bkgh,bksh->bkgs", qg, kk, preferred_element_type=jnp.float32)
+      p = jax.nn.softmax(jnp.where(mask[:, None, None, :], s, -1e30), axis=-1)
+      o = jnp.einsum("bkgs,bksh->bkgh", p.astype(vv.dtype), vv)
+      return q + 1e-6 * o.reshape(q.shape), None
+    return jax.lax.scan(layer, q, (k, v))[0]
+
+  def update(cache, k_new, v_new):
+    return cache.append(k_new, v_new, jnp.zeros_like(cache.end_index))
+
+  for b in batches:
+    cache = KVCache.init(cfg, b, cache_len, model.dtype)
+    cache = cache.replace(end_index=jnp.full((b,), cache_len // 2, jnp.int32))
+    tok = jnp.zeros((b,), jnp.int32)
+    x = jnp.ones((b, cfg.hidden_size), model.dtype)
+    q = jnp.ones((b, 1, cfg.num_heads, cfg.head_dim), model.dtype)
+    kv_new = jnp.ones((cfg.num_layers, b, 1, cfg.num_kv_heads, cfg.head_dim), model.dtype)
+    state = {"cache": cache}
+
+    def step_args(prev, state=state, tok=tok):
+      if prev is not None:
+        state["cache"] = prev[1].replace(end_index=jnp.full((b,), cache_len // 2, jnp.int32))
+      return params, state["cache"], tok
+
+    def update_args(prev, state=state, kv_new=kv_new):
+      if prev is not None:
+        state["cache"] = prev
+      return state["cache"], kv_new, kv_new
+
+    pieces = {
+        "step": _time_per_call(jax.jit(step, donate_argnums=1), step_args, repeats=repeats),
+        "weight_matmuls": _time_per_call(jax.jit(weight_matmuls), lambda _: (params, x),
+                                         repeats=repeats),
+        "lm_head": _time_per_call(jax.jit(lm_head), lambda _: (params, x), repeats=repeats),
+    }
+    fresh = KVCache.init(cfg, b, cache_len, model.dtype).replace(
+        end_index=jnp.full((b,), cache_len // 2, jnp.int32))
+    pieces["attention"] = _time_per_call(
+        jax.jit(attention), lambda _, c=fresh: (c.k, c.v, c.valid_mask(), q), repeats=repeats)
+    kt, vt = jnp.swapaxes(fresh.k, 2, 3), jnp.swapaxes(fresh.v, 2, 3)
+    pieces["attention_kv_major"] = _time_per_call(
+        jax.jit(attention_kv_major), lambda _, c=fresh: (kt, vt, c.valid_mask(), q),
+        repeats=repeats)
+    del kt, vt
+    state["cache"] = fresh
+    pieces["cache_update"] = _time_per_call(jax.jit(update, donate_argnums=0), update_args,
+                                            repeats=repeats)
+    out["batches"][str(b)] = {name: {"ms": 1e3 * s["median"], "ms_min": 1e3 * s["min"],
+                                     "ms_max": 1e3 * s["max"]} for name, s in pieces.items()}
+  return out
+
+
+def _load(env: dict[str, Any]) -> str:
+  before = (env.get("load_average_1_5_15") or [None])[0]
+  after = (env.get("load_average_after") or [None])[0]
+  if before is None:
+    return "unknown"
+  text = f"{before:.1f} before the runs"
+  if after is not None:
+    text += f", {after:.1f} after"
+  return text + (" (other processes shared the cores)" if max(before, after or 0) > 1.5 * env.get(
+      "cpu_cores", 1) else "")
 
 
 def markdown(result: dict[str, Any], notes: str = "") -> str:
@@ -244,30 +442,32 @@ def markdown(result: dict[str, Any], notes: str = "") -> str:
   step_rows = [[f"decode step, batch {b}", report.fmt(d["ms_per_step"], 2),
                 report.fmt(pt["decode"][b]["ms_per_step"], 2) if pt else "-"]
                for b, d in jx["decode"].items()]
-  compile_rows = [["prefill", report.fmt(jx["prefill"]["compile_s"], 2),
-                   report.fmt(jx["prefill"]["compile_events_s"].get("backend_compile_duration"), 2)]]
-  compile_rows += [[f"decode, batch {b}", report.fmt(d["compile_s"], 2),
-                    report.fmt(d["compile_events_s"].get("backend_compile_duration"), 2)]
+  compile_rows = [["prefill", report.fmt(jx["prefill"]["compile_s"], 2), report.fmt(
+      jx["prefill"]["compile_events_s"].get("backend_compile_duration:_prefill"), 2)]]
+  compile_rows += [[f"decode, batch {b}", report.fmt(d["compile_s"], 2), report.fmt(
+      d["compile_events_s"].get("backend_compile_duration:_decode"), 2)]
                    for b, d in jx["decode"].items()]
   threads = env.get("threads", {})
   lines = [
       f"# Forward throughput: {result['model']} ({result['dtype']})",
       "",
-      f"Machine: {report.device_name(env)}; load average at start "
-      f"{env.get('load_average_1_5_15')}. Run {env['time_utc']}, jax "
+      f"Machine: {report.device_name(env)}; 1-minute load average {_load(env)}. "
+      f"Run {env['time_utc']}, jax "
       f"{env['versions'].get('jax')}, torch {env['versions'].get('torch')}, transformers "
       f"{env['versions'].get('transformers')}. Threads: {threads or 'defaults'}.",
       "",
-      f"Tokens/s, median (min-max) of {c['repeats']} runs after {c['warmup']} warm-up run(s); "
-      "higher is better. Ratio = ps_jax / transformers (medians).",
+      f"Tokens/s, median (min-max) of {c['repeats']} runs after {c['warmup']} warm-up run(s), "
+      "the frameworks' runs alternating; higher is better. Ratio = ps_jax / transformers "
+      "(medians).",
       "",
       report.markdown_table(["", "ps_jax (JAX/XLA)", "transformers eager (PyTorch)",
                              "ratio"], rows),
       "",
       report.markdown_table(["ms per step (median)", "ps_jax", "transformers"], step_rows),
       "",
-      "JAX compilation (excluded above), seconds: first call minus the median call, and "
-      "XLA backend compile time reported by JAX:",
+      "JAX compilation (excluded above), seconds: the first call's time minus the median "
+      "call's (tracing, lowering, compiling), and the XLA backend compile of that program as "
+      "JAX reports it:",
       "",
       report.markdown_table(["program", "first-call overhead", "XLA backend compile"],
                             compile_rows),
@@ -288,8 +488,9 @@ def markdown(result: dict[str, Any], notes: str = "") -> str:
       f"{c['decode_prompt_tokens']}-token prompt, rows of equal length (no padding). EOS is "
       "disabled: ps_jax gets the stop id -1, which no token can equal (every row is checked to "
       "run the full length); transformers gets `min_new_tokens = max_new_tokens`. ps_jax times "
-      "its jitted decode loop (one step per token); transformers times `generate` of N tokens "
-      "minus `generate` of 1 token (N - 1 steps, generate's per-step overhead included).",
+      "its jitted decode loop (one step per token); transformers times `generate` from its first "
+      "step to its last with a logits processor that notes the time of each step (N - 1 "
+      "steps, generate's per-step overhead included).",
       "- Prompts: the same token ids for both frameworks (windows of a fixed English text).",
       "- fp32 weights in both, dequantized from the same GGUF file; transformers uses "
       "`attn_implementation=\"eager\"` under `torch.inference_mode()`.",
@@ -297,9 +498,53 @@ def markdown(result: dict[str, Any], notes: str = "") -> str:
       "forward.png).",
       "",
   ]
+  if result.get("decode_step_analysis"):
+    per_step = {name: {b: d["ms_per_step"] for b, d in r["decode"].items()}
+                for name, r in (("ps_jax", jx), ("transformers", pt)) if r}
+    lines += [analysis_markdown(result["decode_step_analysis"], per_step), ""]
   if notes:
     lines += [notes.rstrip(), ""]
   return "\n".join(lines)
+
+
+def analysis_markdown(a: dict[str, Any], ms_per_step: dict[str, dict[str, float]] | None = None
+                      ) -> str:
+  """Markdown for a `decode_step_analysis` result. ms_per_step: {"ps_jax": {batch: ms},
+  "transformers": {batch: ms}} from the throughput runs, shown beside the pieces."""
+  ms_per_step = ms_per_step or {}
+  headers = ["", "step (jit, 1 call)", "weight matmuls", "LM head", "attention",
+             "attention, [K, S, H] cache", "cache update", "weights roofline"]
+  extra = [k for k in ("ps_jax", "transformers") if ms_per_step.get(k)]
+  headers += [f"{k} decode loop, per step" for k in extra]
+  rows = []
+  for b, p in a["batches"].items():
+    row = [f"batch {b}"] + [report.fmt(p[k]["ms"], 2) for k in (
+        "step", "weight_matmuls", "lm_head", "attention", "attention_kv_major", "cache_update")]
+    row.append(report.fmt(a["roofline_weights_ms"], 2))
+    row += [report.fmt(ms_per_step[k].get(b), 2) for k in extra]
+    rows.append(row)
+  lines = [
+      "## Where a decode step's time goes (ps_jax, XLA CPU)",
+      "",
+      f"Milliseconds per call (median), KV cache of {a['cache_len']} slots half full. "
+      f"Parameters: {a['param_bytes'] / 2 ** 20:,.0f} MiB; measured read bandwidth "
+      f"{a['read_bandwidth_gb_s']:.1f} GB/s (jitted sum over a large array), so streaming the "
+      f"weights once takes {a['roofline_weights_ms']:.1f} ms (the roofline of a memory-bound "
+      "decode step).",
+      "",
+      report.markdown_table(headers, rows),
+      "",
+  ]
+  for b, p in a["batches"].items():
+    step, mm = p["step"]["ms"], p["weight_matmuls"]["ms"]
+    lines.append(
+        f"- Batch {b}: the weight matmuls alone take {mm:.1f} ms, {100 * mm / step:.0f}% of "
+        f"the {step:.1f} ms step (the LM head {p['lm_head']['ms']:.1f} ms of it); the step is "
+        f"{step / a['roofline_weights_ms']:.2f}x the weights roofline. Attention over the "
+        f"padded cache {p['attention']['ms']:.1f} ms ({100 * p['attention']['ms'] / step:.0f}%; "
+        f"{p['attention_kv_major']['ms']:.1f} ms with a [K, S, H] cache layout), the cache "
+        f"write {p['cache_update']['ms']:.2f} ms.")
+  return "\n".join(lines) + "\n"
 
 
 def chart(result: dict[str, Any]) -> report.BarChart:

@@ -127,16 +127,26 @@ def repeat(fn: Callable[[], Any], *, repeats: int, warmup: int = 1,
 
 @contextlib.contextmanager
 def jax_compile_events() -> Iterator[dict[str, float]]:
-  """Collects JAX's compile-phase durations (seconds, summed by event name) inside the block:
-  jaxpr tracing, lowering to StableHLO and XLA's backend compile."""
+  """Collects JAX's compile-phase durations (seconds) inside the block.
+
+  Keys: "jaxpr_trace_duration", "jaxpr_to_mlir_module_duration", "backend_compile_duration"
+  (summed over programs), and "backend_compile_duration:<function>" per jitted function.
+  """
   from jax._src import monitoring  # pylint: disable=import-outside-toplevel
 
   totals: dict[str, float] = {}
 
-  def listener(event: str, duration: float, **_kwargs) -> None:
-    if event.startswith("/jax/core/compile/") or "compil" in event:
-      name = event.rsplit("/", 1)[-1]
-      totals[name] = totals.get(name, 0.0) + float(duration)
+  def listener(event: str, duration: float, **kwargs) -> None:
+    if not event.startswith("/jax/core/compile/"):
+      return
+    name = event.rsplit("/", 1)[-1]
+    totals[name] = totals.get(name, 0.0) + float(duration)
+    fun = str(kwargs.get("fun_name") or "")
+    if name == "backend_compile_duration" and fun:
+      if fun.startswith("jit(") and fun.endswith(")"):
+        fun = fun[4:-1]
+      key = f"{name}:{fun}"
+      totals[key] = totals.get(key, 0.0) + float(duration)
 
   monitoring.register_event_duration_secs_listener(listener)
   try:

@@ -53,8 +53,11 @@ class BranchCaches:
   def merged(self) -> PrefixKV:
     """Branches concatenated along the sequence axis, in branch order: [L, B, R*S, K, H]."""
     l, b, r, s, kh, h = self.k.shape
-    return PrefixKV(k=self.k.reshape(l, b, r * s, kh, h), v=self.v.reshape(l, b, r * s, kh, h),
-                    mask=self.mask().reshape(b, r * s))
+    mask = self.mask()
+    # Padding slots get probability exactly 0, but 0 * (inf or NaN junk) would still be NaN.
+    k, v = (jnp.where(mask[None, :, :, :, None, None], x, 0) for x in (self.k, self.v))
+    return PrefixKV(k=k.reshape(l, b, r * s, kh, h), v=v.reshape(l, b, r * s, kh, h),
+                    mask=mask.reshape(b, r * s))
 
 
 @dataclasses.dataclass

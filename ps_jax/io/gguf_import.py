@@ -50,6 +50,9 @@ def config_from_gguf(reader) -> ModelConfig:
   hidden = int(_field(reader, p + "embedding_length"))
   vocab = _field(reader, p + "vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
   eos = _field(reader, "tokenizer.ggml.eos_token_id")
+  if any(t.name == "rope_freqs.weight" for t in reader.tensors):
+    raise ValueError("GGUF tensor rope_freqs.weight (llama.cpp's per-frequency RoPE scaling, "
+                     "as in Llama 3.1+) is not supported yet")
   if _field(reader, p + "rope.scaling.type") not in (None, "none"):
     raise ValueError("GGUF rope scaling is not supported yet: "
                      f"{_field(reader, p + 'rope.scaling.type')!r}")
@@ -93,4 +96,4 @@ def load_gguf(path: str, *, dtype) -> Transformer:
     return gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
 
   return load_params(config, decoder_rules(config, GGUF_NAMES, hooks), get_tensor,
-                     dtype=dtype, source=path)
+                     dtype=dtype, source=path, available=tensors)

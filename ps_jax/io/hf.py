@@ -60,4 +60,4 @@ def load_hf_folder(folder: str, *, dtype) -> Transformer:
     return None if h is None else h.get_tensor(name)
 
   return load_params(config, decoder_rules(config, HF_NAMES, HF_HOOKS), get_tensor,
-                     dtype=dtype, source=folder)
+                     dtype=dtype, source=folder, available=where)

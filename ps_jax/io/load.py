@@ -56,5 +56,8 @@ def _folder_tokenizer(folder: str):
 
 
 def _gguf_tokenizer(path: str):
+  import gguf  # pylint: disable=import-outside-toplevel
   from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
+  if "tokenizer.ggml.model" not in gguf.GGUFReader(path).fields:
+    return None
   return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))

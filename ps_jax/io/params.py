@@ -7,7 +7,7 @@ for layer-stacked parameters) and a hook that turns the stored array into our la
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Iterable
 
 import jax.numpy as jnp
 import numpy as np
@@ -37,14 +37,21 @@ class MissingTensorError(KeyError):
   pass
 
 
+# Buffers some checkpoints carry that hold nothing the model needs.
+IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+
+
 def load_params(config: ModelConfig, rules: list[Rule],
                 get_tensor: Callable[[str], np.ndarray | None], *, dtype,
-                source: str) -> Transformer:
+                source: str, available: Iterable[str]) -> Transformer:
   """Builds a Transformer whose every parameter comes from `get_tensor` via `rules`.
 
-  Raises a clear error naming the tensor for a missing tensor, a shape mismatch, or a model
-  parameter that no rule covers.
+  Raises a clear error naming the tensor for a missing tensor, a shape mismatch, a model
+  parameter that no rule covers, or a checkpoint tensor that nothing uses (a part of the
+  architecture ps_jax does not model, which would otherwise be silently dropped).
   """
+  used: set[str] = set()
+  fetch = lambda name: (used.add(name), get_tensor(name))[1]  # pylint: disable=unnecessary-lambda-assignment
   abstract = nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   by_path = {r.path: r for r in rules}
@@ -56,11 +63,15 @@ def load_params(config: ModelConfig, rules: list[Rule],
       raise ValueError(f"{source}: no checkpoint rule for parameter {'/'.join(path)}")
     expected = tuple(var.shape)
     if path[0] == "blocks":
-      value = np.stack([_fetch(rule, get_tensor, source, i, expected[1:])
+      value = np.stack([_fetch(rule, fetch, source, i, expected[1:])
                         for i in range(config.num_layers)])
     else:
-      value = _fetch(rule, get_tensor, source, None, expected)
+      value = _fetch(rule, fetch, source, None, expected)
     flat.append((path, var.replace(jnp.asarray(value, dtype))))
+  unused = sorted(n for n in available if n not in used and not n.endswith(IGNORED_SUFFIXES))
+  if unused:
+    raise ValueError(f"{source}: {len(unused)} checkpoint tensors are not used by the "
+                     f"{config.family} model, e.g. {unused[:5]}; ps_jax does not model them")
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 

@@ -78,6 +78,7 @@ class ModelConfig:
           f"unsupported model: model_type={model_type!r}, architectures={archs!r}; "
           f"ps_jax supports model_type in {SUPPORTED_MODEL_TYPES} "
           f"(architectures {sorted(_ARCHITECTURES)})")
+    _reject_unmodelled(hf)
     num_heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
     eos = hf.get("eos_token_id")
@@ -106,6 +107,20 @@ class ModelConfig:
   def from_hf_file(cls, path: str | os.PathLike) -> "ModelConfig":
     with open(path) as f:
       return cls.from_hf(json.load(f))
+
+
+def _reject_unmodelled(hf: Mapping[str, Any]) -> None:
+  """Architectural switches ps_jax does not implement: refuse rather than mis-compute."""
+  act = hf.get("hidden_act") or hf.get("hidden_activation") or "silu"
+  if act != "silu":
+    raise ValueError(f"hidden_act={act!r} is not supported (ps_jax implements SwiGLU with silu)")
+  if hf.get("mlp_bias"):
+    raise ValueError("mlp_bias=True is not supported (ps_jax MLPs have no biases)")
+  layer_types = set(hf.get("layer_types") or ["full_attention"])
+  if hf.get("use_sliding_window") or layer_types != {"full_attention"}:
+    raise ValueError(f"sliding-window attention (use_sliding_window="
+                     f"{hf.get('use_sliding_window')}, layer_types={sorted(layer_types)}) is "
+                     "not supported; ps_jax implements full attention only")
 
 
 def _rope_theta(hf: Mapping[str, Any]) -> float:

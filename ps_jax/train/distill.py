@@ -396,3 +396,20 @@ def distill(model: Transformer, tokenizer, inputs: Sequence[DistillInput], cfg: 
   bar.close()
   stats.seconds = time.perf_counter() - start
   return stats
+
+
+def pipeline_needs(path: str, tokenizer, templates: PromptTemplates = PromptTemplates()
+                   ) -> dict[str, int]:
+  """The smallest training-pipeline sizes (ps_jax.data.pipeline.PipelineConfig fields) that
+  keep every row of a distilled JSONL file: longer rows would be skipped as too long."""
+  from ps_jax.data.sources import JsonlSource  # pylint: disable=import-outside-toplevel
+  need = {"max_branches": 0, "branch_tokens": 0, "target_tokens": 0, "synth_tokens": 0}
+  for row in JsonlSource(path):
+    prompt = encode_prompts(tokenizer, [templates.latent_synthesizer_messages(row.query)])[0]
+    target = len(tokenizer.encode(row.answer.strip(), add_special_tokens=False)) + 1  # + EOS
+    need["max_branches"] = max(need["max_branches"], len(row.contexts))
+    need["branch_tokens"] = max(need["branch_tokens"], *(
+        len(tokenizer.encode(c, add_special_tokens=False)) for c in row.contexts))
+    need["target_tokens"] = max(need["target_tokens"], target)
+    need["synth_tokens"] = max(need["synth_tokens"], len(prompt) + target)
+  return need

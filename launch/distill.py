@@ -1,0 +1,91 @@
+r"""Distils training rows from the base model's text synthesizer (DESIGN.md 2.8 role (c)).
+
+  python -m launch.distill --config configs/distill.py --workdir workdir/distill \
+      --config.input=questions.jsonl
+
+Writes WORKDIR/distilled.jsonl (or --config.output) row by row; rerunning the same command
+resumes (rows already in the output are skipped). See configs/distill.py for the options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+flags.DEFINE_string("workdir", None, "Directory for the output (default distilled.jsonl).",
+                    required=True)
+config_flags.DEFINE_config_file("config", None, "Config file (see configs/distill.py).",
+                                lock_config=True)
+FLAGS = flags.FLAGS
+
+
+def build_model(cfg):
+  """(model, tokenizer): the configured source, or a random model of `random_shape` with the
+  source's tokenizer and vocabulary (tiny smoke runs). Same rules as launch.train."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  import ps_jax as ps  # pylint: disable=import-outside-toplevel
+  from configs import common  # pylint: disable=import-outside-toplevel
+
+  dtype = common.dtype(cfg.dtype)
+  if not cfg.random_init:
+    return ps.load(cfg.source, dtype=dtype)
+  config = dataclasses.replace(ps.io.load_config(cfg.source), **dict(cfg.random_shape))
+  return (ps.Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)),
+          ps.io.load_tokenizer(cfg.source))
+
+
+def distill_config(c):
+  from ps_jax.train.distill import DistillConfig  # pylint: disable=import-outside-toplevel
+
+  return DistillConfig(
+      branches=c.branches, num_branches=c.num_branches,
+      worker_max_new_tokens=c.worker_max_new_tokens, synth_max_new_tokens=c.synth_max_new_tokens,
+      temperature=c.temperature, top_p=c.top_p, seed=c.seed, batch_size=c.batch_size,
+      max_rows=c.max_rows)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from ps_jax.train import distill as distill_lib  # pylint: disable=import-outside-toplevel
+
+  c = FLAGS.config
+  cfg = distill_config(c)  # validates the options before the model loads
+  output = c.output or os.path.join(FLAGS.workdir, "distilled.jsonl")
+  syn = c.synthetic
+  inputs, input_stats = distill_lib.load_inputs(
+      c.input, split=syn.split, per_family=syn.per_family, seed=syn.seed,
+      num_branches=syn.num_branches if isinstance(syn.num_branches, int)
+      else tuple(syn.num_branches), difficulty=syn.difficulty)
+  logging.info("input %s: %s", c.input, input_stats)
+  print(f"input {c.input}: {input_stats}", flush=True)
+  model, tokenizer = build_model(c.model)
+  settings = {"input": c.input, "model": c.model.to_dict()}
+  if c.input.startswith("synthetic"):
+    settings["synthetic"] = c.synthetic.to_dict()
+  settings = _jsonable(settings)
+  stats = distill_lib.distill(model, tokenizer, inputs, cfg, output, settings=settings,
+                              overwrite=c.overwrite)
+  print(f"{output}: {stats}")
+  need = distill_lib.pipeline_needs(output, tokenizer)
+  sizes = " ".join(f"--config.pipeline.{k}={v}" for k, v in need.items())
+  print(f"train on it (these pipeline sizes keep every row; rows that do not fit are skipped "
+        f"as too long): python -m launch.train --config configs/demo.py --workdir W "
+        f"--config.data.extra_jsonl={output} {sizes}")
+
+
+def _jsonable(obj):
+  """ConfigDict dicts as plain JSON values (tuples -> lists), as the settings file stores them."""
+  if isinstance(obj, dict):
+    return {str(k): _jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_jsonable(v) for v in obj]
+  return obj
+
+
+if __name__ == "__main__":
+  app.run(main)
