@@ -44,8 +44,9 @@ def build_model(cfg):
 
 
 def build_rows(cfg):
-  """(train rows, held-out rows) from the synthetic suite plus any extra JSONL row files."""
-  from ps_jax.data import JsonlSource, synthetic  # pylint: disable=import-outside-toplevel
+  """(train rows, held-out rows, RowStats of rows the JSONL sources skipped) from the
+  synthetic suite plus any extra JSONL row files."""
+  from ps_jax.data import JsonlSource, RowStats, synthetic  # pylint: disable=import-outside-toplevel
 
   nb = tuple(cfg.num_branches)
   train, heldout = [], []
@@ -55,11 +56,13 @@ def build_rows(cfg):
                                 cfg.difficulty)
     heldout += synthetic.generate(fam, "heldout", cfg.eval_per_family, cfg.seed, (lo, nb[1]),
                                   cfg.difficulty)
+  stats = RowStats()
   for path in cfg.extra_jsonl:
     source = JsonlSource(path)
     train += [source[i] for i in range(len(source))]
     logging.info("%s: %s", path, source.stats)
-  return train, heldout
+    stats.skipped.update(source.stats.skipped)
+  return train, heldout, stats
 
 
 def train_config(c):
@@ -100,9 +103,10 @@ def main(argv):
     with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
       f.write(c.to_json_best_effort(indent=1))
   model, tokenizer = build_model(c.model)
-  train_rows, heldout = build_rows(c.data)
+  train_rows, heldout, row_stats = build_rows(c.data)
   logging.info("%d training rows, %d held-out rows", len(train_rows), len(heldout))
-  result = train(model, tokenizer, train_rows, heldout, train_config(c), FLAGS.workdir)
+  result = train(model, tokenizer, train_rows, heldout, train_config(c), FLAGS.workdir,
+                 row_stats=row_stats)
   print(f"trained {result.last_step} steps; last loss "
         f"{result.history[-1]['loss'] if result.history else float('nan'):.4f}")
   if not c.eval.enabled or jax.process_index() != 0:

@@ -365,21 +365,29 @@ class _Runner:
       return end - start, {"build_prefix": built - start, "prefill": end - built}, \
           _sync_first_token(state)
 
-    prefix, lmax = jax.block_until_ready(self.build_prefix(caches))
-    offsets = jnp.asarray(np.asarray(lmax), jnp.int32)
-    fargs, fkwargs = self.prefill_args(tokens, lengths, offsets, prefix, self.lora)
+    floor_inputs = []  # the prefix is built on first use, so PS's warm-up compiles it
+
+    def floor_args():
+      if not floor_inputs:
+        prefix, lmax = jax.block_until_ready(self.build_prefix(caches))
+        offsets = jnp.asarray(np.asarray(lmax), jnp.int32)
+        floor_inputs.append(self.prefill_args(tokens, lengths, offsets, prefix, self.lora))
+      return floor_inputs[0]
 
     def floor_once():
+      fargs, fkwargs = floor_args()
       seconds, state = _timed(lambda: jax.block_until_ready(
           generation._prefill(*fargs, **fkwargs)))  # pylint: disable=protected-access
       return seconds, {}, _sync_first_token(state)
 
     def ps_memory():
+      fargs, fkwargs = floor_args()
       return {"build_prefix": xla_memory(synthesis._build_prefix, self.model.config,  # pylint: disable=protected-access
                                          self.mapper_graphdef, self.mapper_params, caches),
               "prefill": xla_memory(generation._prefill, *fargs, **fkwargs)}  # pylint: disable=protected-access
 
     def floor_memory():
+      fargs, fkwargs = floor_args()
       return {"prefill": xla_memory(generation._prefill, *fargs, **fkwargs)}  # pylint: disable=protected-access
 
     return _Path(ps_once, ps_memory), _Path(floor_once, floor_memory)
@@ -617,8 +625,13 @@ def _ratio(a, b):
 
 def _ratios(paths) -> dict[str, float | None]:
   text, ps, floor, torch_ = (_median(paths, k) for k in PATHS)
+  build = ((paths.get("parallel_synthesis") or {}).get("parts_s") or {}).get("build_prefix")
+  # PS = build + the floor's program: (build + floor) / floor uses only the two medians, so
+  # load noise between the PS and floor calls does not enter it.
+  from_parts = None if build is None or floor is None else (build["median"] + floor) / floor
   return {"text_over_ps": _ratio(text, ps), "torch_text_over_ps": _ratio(torch_, ps),
-          "ps_over_floor": _ratio(ps, floor), "text_over_torch_text": _ratio(text, torch_)}
+          "ps_over_floor": _ratio(ps, floor), "ps_over_floor_from_parts": from_parts,
+          "text_over_torch_text": _ratio(text, torch_)}
 
 
 # (N, L, minimum text/PS ratio) from the paper's 2.5x-11x; PS within 1.5x of its floor.
@@ -644,25 +657,42 @@ def _targets(cells) -> dict[str, Any]:
         entry["status"] = "met" if got >= want else "not met"
     ratios.append(entry)
   floors = [c["ratios"]["ps_over_floor"] for c in cells if c["ratios"]["ps_over_floor"]]
+  parts = [c["ratios"].get("ps_over_floor_from_parts") for c in cells]
+  parts = [p for p in parts if p]
   return {"text_over_ps": ratios, "ps_over_floor_target": FLOOR_TARGET,
           "ps_over_floor_max": max(floors) if floors else None,
-          "ps_over_floor_all_met": bool(floors) and all(f <= FLOOR_TARGET for f in floors)}
+          "ps_over_floor_all_met": bool(floors) and all(f <= FLOOR_TARGET for f in floors),
+          "ps_over_floor_from_parts_max": max(parts) if parts else None}
 
 
 # ------------------------------------------------------------------------------------------
 # Output.
 
 
-def _ms(s: Mapping[str, Any] | None) -> str:
+def _sec(x: float) -> str:
+  """Seconds with 3 significant digits."""
+  return f"{x:.3g}" if x < 1000 else f"{x:,.0f}"
+
+
+def _spread(s: Mapping[str, Any] | None) -> str:
   if not s:
     return "-"
-  return f"{1e3 * s['median']:,.1f} ({1e3 * s['min']:,.1f}-{1e3 * s['max']:,.1f})"
+  return f"{_sec(s['median'])} ({_sec(s['min'])}-{_sec(s['max'])})"
+
+
+# Short marks for skipped paths in the table (explained under it).
+_SKIP_MARKS = (("exceeds the model's", "over context (a)"), ("not run: ", "not run (b)"),
+               ("not run (no torch", "not run (c)"))
 
 
 def _path_cell(p: Mapping[str, Any]) -> str:
   if p.get("status") != "ok":
-    return p.get("reason") or "-"
-  text = _ms(p["ttft_s"])
+    reason = p.get("reason") or ""
+    for prefix, mark in _SKIP_MARKS:
+      if reason.startswith(prefix):
+        return mark
+    return reason or "-"
+  text = _spread(p["ttft_s"])
   if p.get("reduced_repeats"):
     text += f" n={p['repeats']}"
   return text
@@ -698,26 +728,44 @@ def markdown(result: Mapping[str, Any]) -> str:
       f"the end {_load_text(env)} on {env.get('cpu_cores')} cores (other processes shared the "
       "machine; per-cell load averages are in the JSON).",
       "",
-      "TTFT in milliseconds: median (min-max) over the timed repeats "
+      "TTFT in seconds: median (min-max) over the timed repeats "
       f"({cfg['repeats']} per path and cell after {cfg['warmup']} warm-up call(s); `n=` marks "
-      f"cells where one run took longer than {cfg['path_budget_s']:.0f} s / {cfg['repeats']} "
-      f"and the repeats were reduced, at least {cfg['min_repeats']}). Ratios are of medians. "
-      "Working memory in MiB (text / PS / floor / torch; see below).",
+      f"paths where one call took longer than {cfg['path_budget_s']:.0f} s / {cfg['repeats']} "
+      f"and the repeats were reduced to fit {cfg['path_budget_s']:.0f} s, at least "
+      f"{cfg['min_repeats']}). Ratios are of medians. PS = `build` (re-encode + mapper + "
+      "merge; median shown) + the synthesizer-prompt prefill; `floor` = that prefill alone. "
+      "Working memory in MiB: text / PS / floor / torch (see *What is measured*).",
       "",
   ]
-  headers = ["N", "L", "branch tok", "text prompt tok", "text TTFT ms", "PS TTFT ms",
-             "text/PS", "floor ms", "PS/floor", "torch text TTFT ms", "torch/PS",
-             "memory MiB t/PS/fl/torch"]
+  headers = ["N", "L", "branch tok", "text prompt tok", "text s", "PS s", "text/PS",
+             "build s", "floor s", "PS/floor", "torch text s", "torch/PS", "memory MiB"]
   rows = []
   for c in result["cells"]:
     p, r = c["paths"], c["ratios"]
+    build = (p["parallel_synthesis"].get("parts_s") or {}).get("build_prefix")
     rows.append([
         c["num_branches"], c["branch_length"], f"{c['branch_tokens']:,}",
         f"{c['text_prompt_tokens']:,}", _path_cell(p["text"]),
-        _path_cell(p["parallel_synthesis"]), _x(r["text_over_ps"]), _path_cell(p["floor"]),
+        _path_cell(p["parallel_synthesis"]), _x(r["text_over_ps"]),
+        _sec(build["median"]) if build else "-", _path_cell(p["floor"]),
         _x(r["ps_over_floor"]), _path_cell(p["torch_text"]), _x(r["torch_text_over_ps"]),
         " / ".join(_mb(p[k]) for k in PATHS)])
   lines.append(report.markdown_table(headers, rows))
+  notes = []
+  reasons = [c["paths"][k].get("reason") or "" for c in result["cells"] for k in PATHS]
+  if any(x.startswith("exceeds the model's") for x in reasons):
+    notes.append(f"(a) the text prompt (N*L branch tokens + template) does not fit the "
+                 f"model's {result['model_config']['max_position_embeddings']:,}-position "
+                 "context, so text synthesis cannot run; the cache methods only need positions "
+                 "up to L + the synthesizer prompt (`ps_max_position` in the JSON).")
+  if any(x.startswith("not run: ") for x in reasons):
+    notes.append(f"(b) time budget: prompts above text_max_tokens={cfg['text_max_tokens']:,} "
+                 f"(ps_jax text) / torch_max_tokens={cfg.get('torch_max_tokens', 0):,} "
+                 "(torch; 0 = no cap) were not run; set the cap to 0 to run them.")
+  if any(x.startswith("not run (no torch") for x in reasons):
+    notes.append("(c) no torch model was given.")
+  if notes:
+    lines += [""] + notes
   lines += ["", "## Targets (reported, not asserted)", ""]
   t = result["targets"]
   for e in t["text_over_ps"]:
@@ -732,6 +780,10 @@ def markdown(result: Mapping[str, Any]) -> str:
     lines.append(f"- PS / floor: at most {t['ps_over_floor_max']:.2f}x over all cells (target "
                  f"<= {t['ps_over_floor_target']}x): "
                  f"{'met' if t['ps_over_floor_all_met'] else 'not met in every cell'}.")
+  if t.get("ps_over_floor_from_parts_max") is not None:
+    lines.append(f"- (build + floor) / floor, from the medians of PS's build part and of the "
+                 f"floor (insensitive to load swings between the two calls): at most "
+                 f"{t['ps_over_floor_from_parts_max']:.2f}x.")
   check = result.get("compile_check") or {}
   if check:
     lines += ["", "## Mixed branch lengths inside one bucket compile once", "",
@@ -802,7 +854,7 @@ def write_plot(result: Mapping[str, Any], path: str) -> None:
             "floor": "floor (prefill over merged cache)", "torch_text": "text (torch eager)"}
   markers = ["o", "s", "^", "D", "v", "P"]
   lengths = sorted({c["branch_length"] for c in result["cells"]})
-  fig, ax = plt.subplots(figsize=(7.5, 5))
+  fig, ax = plt.subplots(figsize=(9.5, 5))
   for name in PATHS:
     for j, length in enumerate(lengths):
       pts = sorted((c["branch_tokens"], c["paths"][name]["ttft_s"]["median"])
@@ -822,7 +874,7 @@ def write_plot(result: Mapping[str, Any], path: str) -> None:
              if any(c["paths"][n].get("status") == "ok" for c in result["cells"])]
   handles += [Line2D([], [], color="gray", linestyle="", marker=markers[j % len(markers)],
                      label=f"L = {length}") for j, length in enumerate(lengths)]
-  ax.legend(handles=handles, fontsize=8)
+  ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   ax.grid(True, which="both", alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -835,6 +887,17 @@ def write(result: Mapping[str, Any], stem: str) -> dict[str, str]:
   paths["png"] = stem + ".png"
   write_plot(result, paths["png"])
   return paths
+
+
+def rerender(stem: str) -> dict[str, str]:
+  """Rewrites stem.md and stem.png from stem.json (e.g. after a change of the layout)."""
+  import json  # pylint: disable=import-outside-toplevel
+  with open(stem + ".json") as f:
+    result = json.load(f)
+  with open(stem + ".md", "w") as f:
+    f.write(markdown(result).rstrip() + "\n")
+  write_plot(result, stem + ".png")
+  return {"json": stem + ".json", "md": stem + ".md", "png": stem + ".png"}
 
 
 def config_from_dict(d: Mapping[str, Any]) -> TTFTConfig:
@@ -863,6 +926,6 @@ def load_torch_model(source: str):
 
 
 __all__ = ["TTFTConfig", "Prompts", "PATHS", "branch_ids", "compile_check", "config_from_dict",
-           "load_torch_model", "markdown", "prompts_for", "replicate_branches", "run", "write",
-           "write_plot"]
+           "load_torch_model", "markdown", "prompts_for", "replicate_branches", "rerender", "run",
+           "write", "write_plot"]
 

@@ -3,16 +3,18 @@
 Saves are synchronous and atomic (orbax writes to a temporary directory and renames it), so
 a process killed mid-save leaves the previous checkpoints intact. On resume the newest
 checkpoint that restores cleanly wins; an unreadable one is skipped with a warning naming
-its step.
+its step and renamed to `<step>.unreadable-<ns>`, so that training can save that step again.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 class Checkpointer:
@@ -43,9 +45,19 @@ class Checkpointer:
         logging.warning("checkpoint at step %d in %s is unreadable (%s: %s); falling back to "
                         "the previous one", step, self.directory, type(e).__name__,
                         str(e)[:200])
+        self._move_aside(step)
         continue
       return step, restored["state"], restored["data"]
     return None
+
+  def _move_aside(self, step: int) -> None:
+    """Renames an unreadable step (kept for inspection) so that it can be saved anew."""
+    if jax.process_index() == 0:
+      bad = os.path.join(self.directory, str(step))
+      os.rename(bad, f"{bad}.unreadable-{time.time_ns()}")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"ps_jax checkpoint {step} moved aside")
+    self.manager.reload()
 
   def close(self) -> None:
     self.manager.wait_until_finished()

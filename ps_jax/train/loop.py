@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ps_jax.adapter import Adapter
 from ps_jax.data.pipeline import PipelineConfig, make_dataset, tokenize_rows
-from ps_jax.data.rows import Row
+from ps_jax.data.rows import Row, RowStats
 from ps_jax.model import Transformer
 from ps_jax.sharding import MeshConfig, batch_sharding, make_mesh, state_shardings
 from ps_jax.train.checkpoint import Checkpointer, abstract_like
@@ -79,11 +80,15 @@ def _read_metrics(path: str, up_to_step: int) -> list[dict]:
 
 
 def train(model: Transformer, tokenizer, train_rows: Sequence[Row], eval_rows: Sequence[Row],
-          cfg: TrainConfig, workdir: str) -> TrainResult:
-  """Trains the adapter (mapper + LoRA) on `train_rows`; resumes from `workdir` if possible."""
+          cfg: TrainConfig, workdir: str, *, row_stats: RowStats | None = None) -> TrainResult:
+  """Trains the adapter (mapper + LoRA) on `train_rows`; resumes from `workdir` if possible.
+
+  row_stats: the loader's counts of rows it already skipped (added to the metrics' counts).
+  """
   os.makedirs(workdir, exist_ok=True)
   pcount, pindex = jax.process_count(), jax.process_index()
-  train_set = tokenize_rows(train_rows, tokenizer, cfg.pipeline)
+  row_stats = copy.deepcopy(row_stats) if row_stats is not None else None
+  train_set = tokenize_rows(train_rows, tokenizer, cfg.pipeline, stats=row_stats)
   eval_cfg = dataclasses.replace(cfg.pipeline, shuffle=False, repeat=False)
   eval_set = tokenize_rows(eval_rows, tokenizer, eval_cfg)
   logging.info("train rows: %s; eval rows: %s", train_set.stats, eval_set.stats)
@@ -118,8 +123,9 @@ def train(model: Transformer, tokenizer, train_rows: Sequence[Row], eval_rows: S
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   history = _read_metrics(metrics_path, start_step)
-  with open(metrics_path, "w") as f:  # drop records of steps that will be redone
-    f.writelines(json.dumps(r) + "\n" for r in history)
+  if pindex == 0:
+    with open(metrics_path, "w") as f:  # drop records of steps that will be redone
+      f.writelines(json.dumps(r) + "\n" for r in history)
   writer = _summary_writer(workdir) if pindex == 0 else None  # TensorBoard event files
   skipped = {f"skipped/{k}": v for k, v in train_set.stats.skipped.items()}
 
@@ -130,22 +136,25 @@ def train(model: Transformer, tokenizer, train_rows: Sequence[Row], eval_rows: S
   def evaluate(state) -> dict:
     if not eval_set.examples:
       return {}
-    it = iter(make_dataset(eval_set.examples, eval_cfg))
+    it = iter(make_dataset(eval_set.examples, eval_cfg, process_index=pindex,
+                           process_count=pcount))
     total, count = 0.0, 0.0
     for _, batch in zip(range(cfg.eval_batches), it):
-      if len(batch["synth_lengths"]) != cfg.pipeline.batch_size:
+      if len(batch["synth_lengths"]) != cfg.pipeline.batch_size // pcount:
         break  # a short last batch would compile a new program
       m = eval_fn(state, model_params, to_global(batch))
       total += float(m["loss"]) * float(m["target_tokens"])
       count += float(m["target_tokens"])
     return {"eval_loss": total / max(count, 1.0)}
 
+  # Padded tokens processed per step (branch prefill + synthesizer forward/backward).
   tokens_per_step = cfg.pipeline.batch_size * (
       cfg.pipeline.max_branches * cfg.pipeline.branch_tokens + cfg.pipeline.synth_tokens)
   bar = tqdm(total=cfg.num_steps, initial=start_step, desc="train", unit="step",
              disable=pindex != 0)
   step = start_step
-  with open(metrics_path, "a") as metrics_file:
+  metrics_file = open(metrics_path, "a") if pindex == 0 else None  # pylint: disable=consider-using-with
+  try:
     while step < cfg.num_steps:
       batch = to_global(next(iterator))
       t0 = time.perf_counter()
@@ -153,17 +162,18 @@ def train(model: Transformer, tokenizer, train_rows: Sequence[Row], eval_rows: S
       loss = float(m["loss"])
       seconds = time.perf_counter() - t0
       step += 1
-      if not math.isfinite(loss):
+      if not math.isfinite(loss) or not bool(m["finite"]):
         raise NonFiniteLossError(
-            f"loss is {loss} at step {step}; stopping. The last good checkpoint "
-            f"(step {ckpt.manager.latest_step()}) is kept in {ckpt.directory}")
+            f"loss is {loss} at step {step} (or its update made the adapter non-finite); "
+            f"stopping. The last good checkpoint (step {ckpt.manager.latest_step()}) is kept "
+            f"in {ckpt.directory}")
       record = {"step": step, "loss": loss, "grad_norm": float(m["grad_norm"]),
                 "target_tokens": float(m["target_tokens"]), "step_s": seconds,
                 "tokens_per_s": tokens_per_step / seconds, **skipped}
       if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.num_steps:
         record.update(evaluate(state))
       history.append(record)
-      if pindex == 0:
+      if metrics_file is not None:
         metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()
         if writer is not None:
@@ -174,10 +184,13 @@ def train(model: Transformer, tokenizer, train_rows: Sequence[Row], eval_rows: S
       bar.update(1)
       if ckpt.should_save(step) or step == cfg.num_steps:
         ckpt.save(step, state, iterator.get_state())
-  bar.close()
-  ckpt.close()
-  if writer is not None:
-    writer.close()
+  finally:
+    bar.close()
+    ckpt.close()
+    if metrics_file is not None:
+      metrics_file.close()
+    if writer is not None:
+      writer.close()
   nnx.update(adapter, jax.device_get(state.trainable))
   return TrainResult(adapter=adapter, last_step=step, history=history)
 

@@ -92,7 +92,10 @@ def train_step(state: TrainState, model_params, batch, *, model_graphdef, adapte
                                  target_tokens=target_tokens)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
   trainable = optax.apply_updates(state.trainable, updates)
-  metrics = {"loss": loss, "target_tokens": count, "grad_norm": optax.global_norm(grads)}
+  finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trainable)]))
+  metrics = {"loss": loss, "target_tokens": count, "grad_norm": optax.tree.norm(grads),
+             "finite": finite}
   return TrainState(step=state.step + 1, trainable=trainable, opt_state=opt_state), metrics
 
 

@@ -1,7 +1,7 @@
 """Two JAX processes on localhost (1 CPU device each, gloo collectives) == one process.
 
 `python -m launch.train --coordinator_address localhost:PORT --num_processes 2 --process_id i`
-twice, configs/tiny.py (mesh data=1, fsdp=-1: the global batch of 2 and the parameters are
+twice, configs/tiny.py with --config.mesh.fsdp=-1 (the global batch of 2 and the parameters are
 sharded over the 2 processes' devices), against the 1-process `reference_run` on 1 device with
 the same global batch. Both processes write into one workdir: metrics only from process 0,
 one checkpoint that a single process can resume from.
@@ -36,7 +36,8 @@ def test_two_processes_train_like_one(tmp_path, reference_run, subprocess_env, r
     for i in range(2):
       with open(logs[i], "w") as log:
         procs.append(subprocess.Popen(
-            cli_command(workdir, STEPS, f"--coordinator_address=localhost:{port}",
+            cli_command(workdir, STEPS, "--config.mesh.fsdp=-1",
+                        f"--coordinator_address=localhost:{port}",
                         "--num_processes=2", f"--process_id={i}"),
             cwd=ROOT, env=subprocess_env, stdout=log, stderr=subprocess.STDOUT))
     deadline = time.monotonic() + 480

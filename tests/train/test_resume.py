@@ -128,10 +128,6 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, reference_ru
   assert 7 in _steps(workdir)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "after falling back past an unreadable checkpoint, saving that step again raises orbax "
-    "StepAlreadyExistsError (the bad step directory is still there): "
-    "ps_jax/train/checkpoint.py restore_latest must move the unreadable step aside"))
 def test_corrupt_latest_checkpoint_then_train_past_it(tmp_path, reference_run, run_train_cli):
   """The issue's scenario: rerun a finished run with more steps; step 8 is corrupt."""
   ref_dir, ref = reference_run

@@ -124,10 +124,6 @@ def test_malformed_rows_are_skipped_and_counted_in_every_record(one_device_run):
       assert counts.get(reason) == n, (reason, counts)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rows dropped by parse_row/iter_valid_rows (e.g. a missing field of a JSONL row) never "
-    "reach metrics.jsonl: train() has no way to take the loader's RowStats; fix: "
-    "train(..., row_stats: RowStats | None = None) passed to tokenize_rows(stats=...)"))
 def test_rows_skipped_while_loading_are_counted_too(one_device_run):
   workdir, _, supported = one_device_run
   assert supported, "train() does not accept row_stats"
@@ -204,11 +200,6 @@ def test_nonfinite_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(
   print(f"\nlr=inf: NonFiniteLossError at step {bad}: {message}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "loop.train checks only the loss, which is computed from the parameters BEFORE the "
-    "update: a step whose update is non-finite is checkpointed (checkpoint_every=1) and the "
-    "error comes one step later, so the 'last good checkpoint' holds NaN parameters; fix: "
-    "check the updated parameters' finiteness in train_step and raise before saving"))
 def test_nonfinite_update_is_never_checkpointed(one_device_run, tiny_model, tokenizer, rows,
                                                 tmp_path, monkeypatch):
   ref_dir, _, _ = one_device_run
