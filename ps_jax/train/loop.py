@@ -89,7 +89,8 @@ def train(model: Transformer, tokenizer, train_rows: Sequence[Row], eval_rows: S
   pcount, pindex = jax.process_count(), jax.process_index()
   row_stats = copy.deepcopy(row_stats) if row_stats is not None else None
   train_set = tokenize_rows(train_rows, tokenizer, cfg.pipeline, stats=row_stats)
-  eval_cfg = dataclasses.replace(cfg.pipeline, shuffle=False, repeat=False)
+  # Shuffled (by the fixed seed) so that the first eval_batches mix all row sources.
+  eval_cfg = dataclasses.replace(cfg.pipeline, repeat=False)
   eval_set = tokenize_rows(eval_rows, tokenizer, eval_cfg)
   logging.info("train rows: %s; eval rows: %s", train_set.stats, eval_set.stats)
 
