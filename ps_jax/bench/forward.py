@@ -194,7 +194,9 @@ def _entry(m: dict[str, Any], batch: int, prompt_tokens: int, jax_program: str |
                                             else prompt_tokens), seconds),
        "ms_per_step": 1e3 * seconds["median"] / steps, "first_call_s": m["first"].seconds}
   if jax_program is not None:
-    e["compile_s"] = m["first"].seconds - seconds["median"]
+    # Tracing + lowering + XLA compile of this program, as JAX reports them.
+    e["compile_s"] = report.compile_seconds(m["events"], jax_program)
+    e["first_call_overhead_s"] = m["first"].seconds - seconds["median"]
     e["compile_events_s"] = m["events"]
   if runs[-1].tokens is not None:
     e["new_tokens"] = runs[-1].tokens.shape[1]
@@ -304,8 +306,9 @@ def decode_step_analysis(model: Transformer, *, batches: Sequence[int] = (1, 8),
   * attention_kv_major: the same attention with the cache laid out [L, B, K, S, H] (each
     kv head's slots contiguous) instead of ps_jax's [L, B, S, K, H];
   * cache_update: writing one token's K and V into the cache of all layers (donated).
-  Plus the memory roofline: parameter bytes / measured read bandwidth (a jitted sum over
-  `bandwidth_mib` MiB), the least time any implementation needs to stream the weights once.
+  Plus the memory roofline: parameter bytes / measured read bandwidth (the faster of a jitted
+  sum and a jitted matrix-vector product over `bandwidth_mib` MiB), about the least time an
+  implementation needs to stream the weights once.
   """
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -318,13 +321,19 @@ def decode_step_analysis(model: Transformer, *, batches: Sequence[int] = (1, 8),
   graphdef, params = nnx.split(model)
   param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
 
-  big = jnp.ones((bandwidth_mib * 2 ** 20 // 4,), jnp.float32)
-  read = _time_per_call(jax.jit(jnp.sum), lambda _: (big,), repeats=repeats, calls=4)
-  bandwidth = big.nbytes / read["median"]
+  # Read bandwidth: the faster of a jitted sum and a jitted matrix-vector product over a
+  # buffer far larger than the caches (both stream it once from memory).
+  big = jnp.ones((bandwidth_mib * 2 ** 20 // 4096, 1024), jnp.float32)
+  vec = jnp.ones((1024,), jnp.float32)
+  reads = {"sum": _time_per_call(jax.jit(jnp.sum), lambda _: (big,), repeats=repeats, calls=4),
+           "gemv": _time_per_call(jax.jit(jnp.matmul), lambda _: (big, vec), repeats=repeats,
+                                  calls=4)}
+  by = {k: big.nbytes / r["median"] / 1e9 for k, r in reads.items()}
+  bandwidth = max(by.values()) * 1e9
   del big
   out: dict[str, Any] = {
       "cache_len": cache_len, "param_bytes": param_bytes,
-      "read_bandwidth_gb_s": bandwidth / 1e9,
+      "read_bandwidth_gb_s": bandwidth / 1e9, "read_bandwidth_by_method_gb_s": by,
       "roofline_weights_ms": 1e3 * param_bytes / bandwidth, "batches": {}}
 
   def step(params, cache, tok):
@@ -442,10 +451,14 @@ def markdown(result: dict[str, Any], notes: str = "") -> str:
   step_rows = [[f"decode step, batch {b}", report.fmt(d["ms_per_step"], 2),
                 report.fmt(pt["decode"][b]["ms_per_step"], 2) if pt else "-"]
                for b, d in jx["decode"].items()]
-  compile_rows = [["prefill", report.fmt(jx["prefill"]["compile_s"], 2), report.fmt(
-      jx["prefill"]["compile_events_s"].get("backend_compile_duration:_prefill"), 2)]]
-  compile_rows += [[f"decode, batch {b}", report.fmt(d["compile_s"], 2), report.fmt(
-      d["compile_events_s"].get("backend_compile_duration:_decode"), 2)]
+  def compile_row(label, d, program):
+    ev = d["compile_events_s"]
+    return [label, report.fmt(d["compile_s"], 2),
+            report.fmt(ev.get(f"backend_compile_duration:{program}"), 2),
+            report.fmt(d["first_call_overhead_s"], 2)]
+
+  compile_rows = [compile_row("prefill (`_prefill`)", jx["prefill"], "_prefill")]
+  compile_rows += [compile_row(f"decode loop (`_decode`), batch {b}", d, "_decode")
                    for b, d in jx["decode"].items()]
   threads = env.get("threads", {})
   lines = [
@@ -465,11 +478,12 @@ def markdown(result: dict[str, Any], notes: str = "") -> str:
       "",
       report.markdown_table(["ms per step (median)", "ps_jax", "transformers"], step_rows),
       "",
-      "JAX compilation (excluded above), seconds: the first call's time minus the median "
-      "call's (tracing, lowering, compiling), and the XLA backend compile of that program as "
-      "JAX reports it:",
+      "JAX compilation, excluded above (seconds, as JAX's compile events report them: "
+      "tracing + lowering + XLA compile of the program, and the XLA part alone; the first "
+      "call's extra time over the median call is shown for reference, it includes the noise "
+      "of one run):",
       "",
-      report.markdown_table(["program", "first-call overhead", "XLA backend compile"],
+      report.markdown_table(["program", "compile", "of which XLA", "first-call overhead"],
                             compile_rows),
       "",
   ]
@@ -528,7 +542,8 @@ def analysis_markdown(a: dict[str, Any], ms_per_step: dict[str, dict[str, float]
       "",
       f"Milliseconds per call (median), KV cache of {a['cache_len']} slots half full. "
       f"Parameters: {a['param_bytes'] / 2 ** 20:,.0f} MiB; measured read bandwidth "
-      f"{a['read_bandwidth_gb_s']:.1f} GB/s (jitted sum over a large array), so streaming the "
+      f"{a['read_bandwidth_gb_s']:.1f} GB/s (the faster of a jitted sum and a jitted "
+      "matrix-vector product over a large array), so streaming the "
       f"weights once takes {a['roofline_weights_ms']:.1f} ms (the roofline of a memory-bound "
       "decode step).",
       "",

@@ -125,12 +125,17 @@ def repeat(fn: Callable[[], Any], *, repeats: int, warmup: int = 1,
   return times[:warmup], times[warmup:]
 
 
+COMPILE_PHASES = ("jaxpr_trace_duration", "jaxpr_to_mlir_module_duration",
+                  "backend_compile_duration")
+
+
 @contextlib.contextmanager
 def jax_compile_events() -> Iterator[dict[str, float]]:
   """Collects JAX's compile-phase durations (seconds) inside the block.
 
-  Keys: "jaxpr_trace_duration", "jaxpr_to_mlir_module_duration", "backend_compile_duration"
-  (summed over programs), and "backend_compile_duration:<function>" per jitted function.
+  Keys: each phase of COMPILE_PHASES (tracing to a jaxpr, lowering to StableHLO, XLA's
+  backend compile), summed over all programs, and "<phase>:<function>" per jitted function
+  (e.g. "backend_compile_duration:_decode"); see `compile_seconds`.
   """
   from jax._src import monitoring  # pylint: disable=import-outside-toplevel
 
@@ -142,7 +147,7 @@ def jax_compile_events() -> Iterator[dict[str, float]]:
     name = event.rsplit("/", 1)[-1]
     totals[name] = totals.get(name, 0.0) + float(duration)
     fun = str(kwargs.get("fun_name") or "")
-    if name == "backend_compile_duration" and fun:
+    if fun:
       if fun.startswith("jit(") and fun.endswith(")"):
         fun = fun[4:-1]
       key = f"{name}:{fun}"
@@ -153,6 +158,13 @@ def jax_compile_events() -> Iterator[dict[str, float]]:
     yield totals
   finally:
     monitoring.unregister_event_duration_listener(listener)
+
+
+def compile_seconds(events: Mapping[str, float], function: str | None = None) -> float:
+  """Tracing + lowering + XLA compile time from `jax_compile_events`, of one jitted function
+  (by name) or of everything compiled in the block."""
+  suffix = f":{function}" if function else ""
+  return sum(events.get(phase + suffix, 0.0) for phase in COMPILE_PHASES)
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -40,9 +40,11 @@ def test_result_keys(result):
       assert s["min"] <= s["median"] <= s["max"] and s["median"] > 0
   assert jx["decode"]["2"]["steps"] == 4 and pt["decode"]["2"]["steps"] == 3
   assert np.asarray(jx["decode"]["2"]["tokens"]).shape == (2, 4)
-  for key in ("compile_s", "first_call_s", "compile_events_s"):
+  for key in ("compile_s", "first_call_s", "first_call_overhead_s", "compile_events_s"):
     assert key in jx["prefill"] and key in jx["decode"]["1"]
-  assert "backend_compile_duration" in jx["decode"]["1"]["compile_events_s"]
+  assert jx["decode"]["1"]["compile_events_s"]["backend_compile_duration:_decode"] > 0
+  assert jx["prefill"]["compile_s"] >= jx["prefill"]["compile_events_s"][
+      "backend_compile_duration:_prefill"] > 0
   assert set(res["ratio_ps_jax_over_transformers"]) == {"prefill", "decode_b1", "decode_b2"}
   # Same weights, same prompts, greedy: the harness fed both frameworks the same ids.
   assert res["greedy_agreement"]["1"] == 1.0

@@ -61,6 +61,9 @@ def test_compile_events_per_function():
     some_unique_function_name(jnp.ones(7)).block_until_ready()
   assert events["backend_compile_duration"] > 0
   assert events["backend_compile_duration:some_unique_function_name"] > 0
+  one = report.compile_seconds(events, "some_unique_function_name")
+  assert events["backend_compile_duration:some_unique_function_name"] < one
+  assert one <= report.compile_seconds(events)
 
 
 def test_write_report(tmp_path):

@@ -79,7 +79,8 @@ def check_outputs(result, paths):
 def test_ids_only_tiny_model_writes_json_markdown_png(tmp_path):
   model = tiny_model(max_positions=256)
   # N=3, L=64: 64 + 3 * (3 + 64) = 265 text tokens > 256 positions -> text is skipped.
-  config = small_config(num_branches=(3,), branch_lengths=(16, 64))
+  # N=3, L=16: 121 text tokens > text_max_tokens -> compiled ahead and timed once.
+  config = small_config(num_branches=(3,), branch_lengths=(16, 64), text_max_tokens=100)
   result = ttft.run(model, None, config, log=lambda s: None)
   data = check_outputs(result, ttft.write(result, str(tmp_path / "ttft")))
   cells = {(c["num_branches"], c["branch_length"]): c for c in data["cells"]}
@@ -93,8 +94,12 @@ def test_ids_only_tiny_model_writes_json_markdown_png(tmp_path):
   assert over["status"] == "skipped" and "exceeds the model's 256-position context" in \
       over["reason"]
   assert cells[(3, 64)]["ratios"]["text_over_ps"] is None
-  assert cells[(3, 16)]["paths"]["text"]["status"] == "ok"
+  single = cells[(3, 16)]["paths"]["text"]
+  assert single["status"] == "ok" and single["protocol"] == "single"
+  assert single["repeats"] == 1 and single["warmup_s"] == []
+  assert single["memory"]["working_bytes"] > 0
   assert cells[(3, 16)]["ratios"]["text_over_ps"] > 0
+  assert cells[(3, 16)]["paths"]["parallel_synthesis"]["protocol"] == "full"
   check = data["compile_check"]
   assert check["compiled_once"] and check["length_buckets"] == [32]
   assert all(v <= 1 for v in check["programs_compiled"].values())
@@ -181,6 +186,8 @@ def test_config_and_quick_mode():
   assert quick.output.startswith("/tmp/")
   with pytest.raises(ValueError, match="min_repeats"):
     ttft.TTFTConfig(repeats=2, min_repeats=3)
+  with pytest.raises(ValueError, match="above_max"):
+    ttft.TTFTConfig(above_max="sometimes")
 
 
 @pytest.mark.slow  # a subprocess: imports jax, torch and transformers, compiles afresh
