@@ -81,7 +81,7 @@ def _prefill(graphdef, params, tokens, lengths, offsets, rng, prefix, lora, *, c
   cache = KVCache.init(model.config, b, cache_len, model.dtype)
   positions = offsets[:, None] + jnp.arange(t)[None, :]
   hidden, cache = model.hidden_states(tokens, positions, cache, lengths=lengths, prefix=prefix,
-                                      lora=lora, lora_scale=lora_scale)
+                                      lora=lora, lora_scale=lora_scale, read_cache=False)
   last = hidden[jnp.arange(b), lengths - 1]  # [B, D]
   logits = jnp.repeat(model.logits(last), num_samples, axis=0)  # [B*n, V]
   rng, key = jax.random.split(rng)

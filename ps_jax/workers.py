@@ -130,7 +130,7 @@ def _prefill_rows(graphdef, params, tokens, lengths):
   model = nnx.merge(graphdef, params)
   n, s = tokens.shape
   cache = KVCache.init(model.config, n, s, model.dtype)
-  _, cache = model.hidden_states(tokens, None, cache, lengths=lengths)
+  _, cache = model.hidden_states(tokens, None, cache, lengths=lengths, read_cache=False)
   return cache.k, cache.v
 
 
@@ -143,7 +143,7 @@ def branch_caches_from_tokens(model: Transformer, tokens: Array, lengths: Array)
   b, r, s = tokens.shape
   cache = KVCache.init(model.config, b * r, s, model.dtype)
   _, cache = model.hidden_states(tokens.reshape(b * r, s), None, cache,
-                                 lengths=lengths.reshape(b * r))
+                                 lengths=lengths.reshape(b * r), read_cache=False)
   k, v = jax.lax.stop_gradient((cache.k, cache.v))  # [L, B*R, S, K, H]
   shape = (k.shape[0], b, r, s, *k.shape[3:])
   return BranchCaches(k=k.reshape(shape), v=v.reshape(shape), lengths=lengths.astype(jnp.int32),

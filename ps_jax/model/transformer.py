@@ -55,8 +55,13 @@ class Transformer(nnx.Module):
       prefix: PrefixKV | None = None,
       lora: LoRAWeights | None = None,
       lora_scale: float = 0.0,
+      read_cache: bool = True,
   ) -> tuple[Array, KVCache | None]:
-    """Final-norm hidden states [B, T, D] and the cache with this chunk appended."""
+    """Final-norm hidden states [B, T, D] and the cache with this chunk appended.
+
+    read_cache=False skips attending over the cache's slots: for a prefill into a fresh
+    cache, whose slots are all masked, that attention would only cost time and memory.
+    """
     b, t = tokens.shape
     if lengths is None:
       lengths = jnp.full((b,), t, jnp.int32)
@@ -67,7 +72,8 @@ class Transformer(nnx.Module):
     chunk_mask = (idx[None, None, :] <= idx[None, :, None]) & (
         idx[None, None, :] < lengths[:, None, None])  # [B, T, T]
     prefix_mask = prefix.mask[:, None, :] if prefix is not None else None  # [B, 1, P]
-    cache_mask = cache.valid_mask()[:, None, :] if cache is not None else None  # [B, 1, S]
+    read_cache = read_cache and cache is not None
+    cache_mask = cache.valid_mask()[:, None, :] if read_cache else None  # [B, 1, S]
     inv_freq = inverse_frequencies(self.config)
 
     graphdef, block_params = nnx.split(self.blocks)
@@ -84,7 +90,7 @@ class Transformer(nnx.Module):
 
     xs = (block_params, lora,
           (prefix.k, prefix.v) if prefix is not None else None,
-          (cache.k, cache.v) if cache is not None else None)
+          (cache.k, cache.v) if read_cache else None)
     x = jnp.take(self.embed[...], tokens, axis=0)
     x, (k_new, v_new) = jax.lax.scan(layer, x, xs)  # k_new, v_new [L, B, T, K, H]
     if cache is not None:
