@@ -46,3 +46,19 @@ def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
     else:
       out[key] = type(default)(value)
   return out
+
+
+def build_model(cfg):
+  """(model, tokenizer) of a config's `model` section: the configured source, or a random model
+  of `random_shape` with the source's tokenizer and vocabulary (tiny test and smoke runs)."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  import ps_jax as ps  # pylint: disable=import-outside-toplevel
+
+  if not cfg.random_init:
+    return ps.load(cfg.source, dtype=dtype(cfg.dtype))
+  config = dataclasses.replace(ps.io.load_config(cfg.source), **dict(cfg.random_shape))
+  return (ps.Transformer(config, dtype=dtype(cfg.dtype), rngs=nnx.Rngs(0)),
+          ps.io.load_tokenizer(cfg.source))

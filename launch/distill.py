@@ -9,33 +9,18 @@ resumes (rows already in the output are skipped). See configs/distill.py for the
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from configs.common import build_model
 
 flags.DEFINE_string("workdir", None, "Directory for the output (default distilled.jsonl).",
                     required=True)
 config_flags.DEFINE_config_file("config", None, "Config file (see configs/distill.py).",
                                 lock_config=True)
 FLAGS = flags.FLAGS
-
-
-def build_model(cfg):
-  """(model, tokenizer): the configured source, or a random model of `random_shape` with the
-  source's tokenizer and vocabulary (tiny smoke runs). Same rules as launch.train."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-
-  import ps_jax as ps  # pylint: disable=import-outside-toplevel
-  from configs import common  # pylint: disable=import-outside-toplevel
-
-  dtype = common.dtype(cfg.dtype)
-  if not cfg.random_init:
-    return ps.load(cfg.source, dtype=dtype)
-  config = dataclasses.replace(ps.io.load_config(cfg.source), **dict(cfg.random_shape))
-  return (ps.Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)),
-          ps.io.load_tokenizer(cfg.source))
 
 
 def distill_config(c):

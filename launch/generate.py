@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 
-from absl import app, flags, logging
+from absl import app, logging
 from ml_collections import config_flags
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

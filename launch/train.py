@@ -9,12 +9,13 @@ auto-detection of `jax.distributed.initialize`) to run one process per host.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from configs.common import build_model
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the report.",
                     required=True)
@@ -24,23 +25,6 @@ flags.DEFINE_integer("process_id", None, "This process's index (multi-process)."
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with auto-detection.")
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 FLAGS = flags.FLAGS
-
-
-def build_model(cfg):
-  """(model, tokenizer): the configured source, or a random model of `random_shape` with the
-  source's tokenizer and vocabulary (tiny test runs)."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-
-  import ps_jax as ps  # pylint: disable=import-outside-toplevel
-  from configs import common  # pylint: disable=import-outside-toplevel
-
-  dtype = common.dtype(cfg.dtype)
-  if not cfg.random_init:
-    return ps.load(cfg.source, dtype=dtype)
-  config = dataclasses.replace(ps.io.load_config(cfg.source), **dict(cfg.random_shape))
-  return (ps.Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)),
-          ps.io.load_tokenizer(cfg.source))
 
 
 def build_rows(cfg):

@@ -12,8 +12,6 @@ import time
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
@@ -25,8 +23,8 @@ from ps_jax.data.rows import Row, RowStats
 from ps_jax.model import Transformer
 from ps_jax.sharding import MeshConfig, batch_sharding, make_mesh, state_shardings
 from ps_jax.train.checkpoint import Checkpointer, abstract_like
-from ps_jax.train.step import (OptimizerConfig, TrainState, eval_step, init_state,
-                               make_optimizer, split_adapter, train_step)
+from ps_jax.train.step import (OptimizerConfig, eval_step, init_state, make_optimizer,
+                               split_adapter, train_step)
 
 
 @dataclasses.dataclass(frozen=True)
