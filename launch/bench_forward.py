@@ -86,6 +86,8 @@ def main(argv) -> None:
         model, batches=bench.decode_batches,
         cache_len=bench.decode_prompt_tokens + bench.decode_new_tokens,
         repeats=max(bench.repeats, 5))
+    notes = forward.XLA_CPU_DECODE_NOTES
+  result["environment"]["load_average_end"] = list(os.getloadavg())
   out = c.out if os.path.isabs(c.out) else os.path.join(_ROOT, c.out)
   paths = forward.write(result, out, notes)
   print(forward.markdown(result, notes))
