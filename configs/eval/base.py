@@ -22,4 +22,7 @@ def eval_config(dataset: str, *, synth_max_new_tokens: int = 512,
   c.batch_size = 4
   c.seed = 0
   c.code_timeout_s = 10.0
+  # Generated code runs only in the contained sandbox; True runs it with rlimits only where
+  # containment is unavailable (also PS_JAX_ALLOW_UNSAFE_SANDBOX=1). See ps_jax/evals/sandbox.py.
+  c.sandbox_allow_unsafe = False
   return c

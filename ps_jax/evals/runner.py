@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ps_jax.adapter import Adapter
 from ps_jax.cache.branches import Branches
 from ps_jax.evals.datasets import EvalExample, format_question
+from ps_jax.evals.sandbox import SandboxLimits, sandbox_isolation
 from ps_jax.evals.scorers import score_example
 from ps_jax.model import Transformer
 from ps_jax.prompts import PromptTemplates
@@ -61,7 +62,13 @@ class EvalConfig:
   batch_size: int = 4
   seed: int = 0
   code_timeout_s: float = 10.0
+  # Run generated code with rlimits only where the sandbox cannot contain it (see sandbox.py).
+  sandbox_allow_unsafe: bool = False
   templates: PromptTemplates = EVAL_TEMPLATES
+
+  @property
+  def sandbox_limits(self) -> SandboxLimits:
+    return SandboxLimits(allow_unsafe=self.sandbox_allow_unsafe)
 
 
 def _read_done(path: str) -> dict[str, dict]:
@@ -85,6 +92,11 @@ def run_eval(model: Transformer, tokenizer, examples: Sequence[EvalExample], cfg
   Examples are processed in fixed chunks of batch_size whose rng depends only on the seed
   and the chunk index, so a resumed run reproduces what an uninterrupted run computes.
   """
+  isolation = None
+  if any(e.kind == "code" for e in examples):
+    isolation = sandbox_isolation(cfg.sandbox_limits)
+    if isolation.startswith("refused"):  # before hours of generation, not at the first score
+      raise RuntimeError(f"these examples run generated code, and the sandbox {isolation}")
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "results.jsonl")
   done = _read_done(path)
@@ -112,7 +124,8 @@ def run_eval(model: Transformer, tokenizer, examples: Sequence[EvalExample], cfg
         for m, res in per_method.items():
           rec["methods"][m] = {
               "output": res.texts[i],
-              "score": score_example(ex, res.texts[i], timeout_s=cfg.code_timeout_s),
+              "score": score_example(ex, res.texts[i], timeout_s=cfg.code_timeout_s,
+                                     limits=cfg.sandbox_limits),
               "ttft_s": res.ttft_s,  # of the whole chunk (one batched synthesizer call)
               "prompt_tokens": int(res.prompt_tokens[i]),
               "generated_tokens": int(res.generated_tokens[i]),
@@ -123,6 +136,7 @@ def run_eval(model: Transformer, tokenizer, examples: Sequence[EvalExample], cfg
         bar.update(1)
   records = [done[e.id] for e in examples if e.id in done]
   summary = summarize(records, cfg.methods)
+  summary["sandbox_isolation"] = isolation  # None: no generated code was run
   write_summary(summary, workdir)
   return summary
 
@@ -152,9 +166,11 @@ def summarize(records: Sequence[dict], methods: Sequence[str]) -> dict:
 def write_summary(summary: dict, workdir: str, title: str = "Evaluation") -> None:
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
-  lines = [f"# {title}", "", f"{summary['num_examples']} examples.", "",
-           "| method | accuracy (%) | TTFT median (ms) | speed-up vs text | prompt tokens |",
-           "|---|---|---|---|---|"]
+  lines = [f"# {title}", "", f"{summary['num_examples']} examples.", ""]
+  if summary.get("sandbox_isolation"):
+    lines += [f"Generated code ran in the sandbox: {summary['sandbox_isolation']}.", ""]
+  lines += ["| method | accuracy (%) | TTFT median (ms) | speed-up vs text | prompt tokens |",
+            "|---|---|---|---|---|"]
   for m, s in summary["methods"].items():
     speed = s.get("ttft_speedup_vs_text")
     lines.append(f"| {m} | {100 * s['accuracy']:.1f} | {1e3 * (s['ttft_median_s'] or 0):.1f} | "

@@ -1,7 +1,8 @@
 """Answer extraction and scoring. Pure functions over model output text.
 
 Scores are 0.0 / 1.0. Nothing here raises on malformed model output (None, non-strings,
-unbalanced braces, unparsable numbers, no answer at all): such output scores 0.0.
+unbalanced braces, unparsable numbers, no answer at all): such output scores 0.0. A code
+sandbox that refuses or breaks raises instead: that is no verdict on the answer.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import string
 from fractions import Fraction
 from typing import Any
 
-from ps_jax.evals.sandbox import run_code
+from ps_jax.evals.sandbox import SandboxLimits, run_code
 
 __all__ = [
     "extract_boxed",
@@ -296,20 +297,24 @@ def build_code_program(code: str, prompt: str, test: str, entry_point: str) -> s
 
 
 def score_code(output: Any, prompt: str, test: str, entry_point: str,
-               timeout_s: float = 10.0) -> float:
-    """1.0 when the extracted code passes `test` in the sandbox (HumanEval/MBPP pass@1)."""
-    try:
-        code = extract_code(output, entry_point)
-        if not code.strip():
-            return 0.0
-        program = build_code_program(code, prompt or "", test or "", entry_point)
-        passed, _ = run_code(program, timeout_s)
-        return float(passed)
-    except Exception:
+               timeout_s: float = 10.0, limits: SandboxLimits = SandboxLimits()) -> float:
+    """1.0 when the extracted code runs `test` to completion in the sandbox (pass@1).
+
+    Raises RuntimeError when the sandbox refuses to run (no containment and no opt-in) or
+    fails itself, rather than scoring the answer 0.
+    """
+    code = extract_code(output, entry_point)
+    if not code.strip():
         return 0.0
+    program = build_code_program(code, prompt or "", test or "", entry_point)
+    passed, detail = run_code(program, timeout_s, limits)
+    if detail.startswith(("refused", "sandbox error")):
+        raise RuntimeError(f"code scoring: {detail}")
+    return float(passed)
 
 
-def score_example(example: Any, output: Any, timeout_s: float = 10.0) -> float:
+def score_example(example: Any, output: Any, timeout_s: float = 10.0,
+                  limits: SandboxLimits = SandboxLimits()) -> float:
     """Score `output` against an `EvalExample` by its kind."""
     kind = getattr(example, "kind", None)
     if kind == "math":
@@ -320,5 +325,5 @@ def score_example(example: Any, output: Any, timeout_s: float = 10.0) -> float:
         return score_exact_match(output, example.gold)
     if kind == "code":
         return score_code(output, example.code_prefix, example.test, example.entry_point,
-                          timeout_s)
+                          timeout_s, limits)
     raise ValueError(f"unknown example kind {kind!r}; expected math, choice, code or exact")

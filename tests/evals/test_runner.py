@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import ps_jax as ps
-from ps_jax.evals import load_eval_dataset
+from ps_jax.evals import load_eval_dataset, sandbox_isolation
 from ps_jax.evals.runner import EvalConfig, SamplingWorkers, run_eval
 
 pytestmark = pytest.mark.slow  # loads the SmolLM2 tokenizer and compiles a few programs
@@ -47,7 +47,25 @@ def test_resumed_run_equals_uninterrupted(tiny_model, tmp_path):
   for m in cfg.methods:
     assert resumed["methods"][m]["accuracy"] == full["methods"][m]["accuracy"]
   assert os.path.exists(part / "summary.md")
+  assert full["sandbox_isolation"] == sandbox_isolation()
+  assert "Generated code ran in the sandbox: contained" in open(part / "summary.md").read()
   record = json.loads(open(part / "results.jsonl").readline())
   assert set(record) >= {"id", "question", "gold", "branches", "methods"}
   assert set(record["methods"]["pcw"]) >= {"output", "score", "ttft_s", "prompt_tokens",
                                            "generated_tokens"}
+
+
+def test_refused_sandbox_stops_before_any_generation(monkeypatch, tmp_path):
+  """Code datasets need the sandbox: a refusal is an error up front, never scores of 0."""
+  from ps_jax.evals import sandbox  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.setattr(sandbox, "_probe", lambda mode: "simulated: no namespaces")
+  monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
+
+  def workflow(*args):
+    raise AssertionError("generation started")
+
+  with pytest.raises(RuntimeError, match="refused: containment unavailable"):
+    run_eval(None, None, load_eval_dataset("humaneval", limit=2), EvalConfig(),
+             str(tmp_path / "w"), workflow=workflow)
+  assert not (tmp_path / "w").exists()
