@@ -25,8 +25,6 @@ import pytest
 from train_helpers import REF_STEPS, ROOT, cli_command, read_metrics
 
 KEYS = ("loss", "grad_norm", "target_tokens")
-# A failed orbax restore leaves tensorstore callbacks on a closed event loop (noise only).
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
 def _complete_records(path) -> list[dict]:
