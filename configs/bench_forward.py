@@ -1,6 +1,6 @@
 r"""Forward throughput of ps_jax beside transformers eager (prefill and decode tok/s).
 
-  python -m launch.bench_forward                       # defaults below
+  python -m launch.bench_forward --config configs/bench_forward.py     # defaults below
   python -m launch.bench_forward --config configs/bench_forward.py --config.bench.repeats=3
 
 Writes docs/benchmarks/forward.{json,md,png}. Optional config argument: the model source,

@@ -1,6 +1,6 @@
 r"""Forward throughput benchmark: ps_jax vs transformers eager, prefill and decode tok/s.
 
-  python -m launch.bench_forward            # config optional: defaults from configs/bench_forward.py
+  python -m launch.bench_forward --config configs/bench_forward.py
   python -m launch.bench_forward --config configs/bench_forward.py --config.bench.repeats=3
 
 Writes <config.out>.json, .md and .png (default docs/benchmarks/forward.*).
@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import time
 
-from absl import app, logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_ROOT, "configs", "bench_forward.py"),
-    "Config file (see configs/bench_forward.py).", lock_config=True)
+    "config", None, "Config file (see configs/bench_forward.py).", lock_config=True)
+flags.mark_flags_as_required(["config"])  # a clear usage error, before anything runs
 
 
 def set_threads(n: int) -> dict:

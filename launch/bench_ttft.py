@@ -17,13 +17,13 @@ import time
 # load ~9). Passive waiting must be chosen before the OpenMP runtime starts.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from absl import app, logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_ROOT, "configs", "bench_ttft.py"),
-    "Config file (see configs/bench_ttft.py).", lock_config=True)
+    "config", None, "Config file (see configs/bench_ttft.py).", lock_config=True)
+flags.mark_flags_as_required(["config"])  # a clear usage error, before anything runs
 
 
 def main(argv) -> None:

@@ -20,6 +20,7 @@ flags.DEFINE_string("workdir", None, "Directory for the output (default distille
                     required=True)
 config_flags.DEFINE_config_file("config", None, "Config file (see configs/distill.py).",
                                 lock_config=True)
+flags.mark_flags_as_required(["config"])  # a clear usage error, before anything runs
 FLAGS = flags.FLAGS
 
 

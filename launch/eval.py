@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Output directory (resumable).", required=True)
 config_flags.DEFINE_config_file("config", None, "Evaluation config file.", lock_config=True)
+flags.mark_flags_as_required(["config"])  # a clear usage error, before anything runs
 FLAGS = flags.FLAGS
 
 
@@ -32,7 +33,8 @@ def main(argv):
   workflow = SamplingWorkers(num_branches=c.num_workers, max_new_tokens=c.worker_max_new_tokens,
                              temperature=c.temperature, top_p=c.top_p)
   cfg = EvalConfig(methods=tuple(c.methods), max_new_tokens=c.synth_max_new_tokens,
-                   batch_size=c.batch_size, seed=c.seed, code_timeout_s=c.code_timeout_s)
+                   batch_size=c.batch_size, seed=c.seed, code_timeout_s=c.code_timeout_s,
+                   sandbox_allow_unsafe=c.sandbox_allow_unsafe)
   summary = run_eval(model, tokenizer, examples, cfg, FLAGS.workdir, workflow=workflow,
                      adapter=adapter)
   print(open(f"{FLAGS.workdir}/summary.md").read())

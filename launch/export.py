@@ -5,9 +5,11 @@ r"""Exports the adapter of a training run (newest good checkpoint) for `ps_jax.l
 
 `orbax`: our own format (adapter.json + params/). `peft`: the reference release layout, a PEFT
 LoRA folder `judger_lora/` (adapter_config.json + adapter_model.safetensors) plus
-`cache_mapper.pt` and `cache_mapper_config.json`. Both read back with
-`ps_jax.load_adapter(out, model.config)`. The adapter is rebuilt from WORKDIR/config.json
-(written by launch.train); `--step N` picks a checkpoint instead of the newest good one.
+`cache_mapper.pt` and `cache_mapper_config.json`, and our adapter.json. Both read back with
+`ps_jax.load_adapter(out)` (adapter.json records the model shape; `load_adapter(out,
+model.config)` also checks it against the model). The adapter is rebuilt from
+WORKDIR/config.json (written by launch.train); `--step N` picks a checkpoint instead of the
+newest good one.
 """
 
 from __future__ import annotations

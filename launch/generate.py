@@ -11,16 +11,14 @@ compilation is excluded. Reads nothing from stdin.
 
 from __future__ import annotations
 
-import os
 import time
 
-from absl import app, logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "configs", "generate.py")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG, "Config file (see configs/generate.py).", lock_config=True)
+    "config", None, "Config file (see configs/generate.py).", lock_config=True)
+flags.mark_flags_as_required(["config"])  # a clear usage error, before anything runs
 
 
 def main(argv) -> None:

@@ -24,6 +24,7 @@ flags.DEFINE_integer("num_processes", None, "Number of JAX processes (multi-proc
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with auto-detection.")
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.mark_flags_as_required(["config"])  # a clear usage error, before anything runs
 FLAGS = flags.FLAGS
 
 
@@ -82,14 +83,16 @@ def main(argv):
   from ps_jax.train.loop import train  # pylint: disable=import-outside-toplevel
 
   c = FLAGS.config
+  # Validate the config, build the model and the rows before the workdir gets anything.
+  cfg = train_config(c)
+  model, tokenizer = build_model(c.model)
+  train_rows, heldout, row_stats = build_rows(c.data)
+  logging.info("%d training rows, %d held-out rows", len(train_rows), len(heldout))
   os.makedirs(FLAGS.workdir, exist_ok=True)
   if jax.process_index() == 0:  # the run's config, for export and for the record
     with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
       f.write(c.to_json_best_effort(indent=1))
-  model, tokenizer = build_model(c.model)
-  train_rows, heldout, row_stats = build_rows(c.data)
-  logging.info("%d training rows, %d held-out rows", len(train_rows), len(heldout))
-  result = train(model, tokenizer, train_rows, heldout, train_config(c), FLAGS.workdir,
+  result = train(model, tokenizer, train_rows, heldout, cfg, FLAGS.workdir,
                  row_stats=row_stats)
   print(f"trained {result.last_step} steps; last loss "
         f"{result.history[-1]['loss'] if result.history else float('nan'):.4f}")

@@ -27,9 +27,38 @@ from ps_jax.typing import Array
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
+  """Validated on construction, so every public entry point rejects bad values the same way."""
+
   temperature: float = 0.0  # 0 = greedy
   top_p: float = 1.0
   top_k: int = 0  # 0 = off
+
+  def __post_init__(self):
+    t, p = self.temperature, self.top_p
+    if not _is_number(t) or not 0.0 <= t < float("inf"):
+      raise ValueError(f"temperature={t!r} is outside the allowed range: a finite number >= 0 "
+                       "(0 = greedy)")
+    if not _is_number(p) or not 0.0 < p <= 1.0:
+      raise ValueError(f"top_p={p!r} is outside the allowed range (0, 1] (1 = off)")
+    check_count("top_k", self.top_k, minimum=0, note=" (0 = off)")
+
+
+def _is_number(x) -> bool:
+  return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
+def check_count(name: str, value, *, minimum: int = 1, note: str = "") -> None:
+  """Raises a ValueError naming `name` unless value is an integer >= minimum."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"{name}={value!r} is outside the allowed range: an integer >= "
+                     f"{minimum}{note}")
+
+
+def require_tokenizer(tokenizer, *, caller: str, why: str) -> None:
+  """Raises a ValueError naming the `tokenizer` argument when it is None but text is needed."""
+  if tokenizer is None:
+    raise ValueError(f"{caller}: tokenizer=None, but {why}; pass the model's tokenizer "
+                     "(ps.load returns None for a source that has none)")
 
 
 def sample(logits: Array, rng: Array, sampling: SamplingConfig) -> Array:
@@ -149,8 +178,7 @@ def generate_ids(
     raise ValueError("num_samples > 1 with a prefix is not supported")
   if not stop_ids:
     raise ValueError("stop_ids is empty: give at least one EOS id (it also pads outputs)")
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+  check_count("max_new_tokens", max_new_tokens)
   lengths = np.array([len(p) for p in prompts], np.int32)
   if lengths.min() == 0:
     raise ValueError(f"prompt {int(lengths.argmin())} is empty")
@@ -235,9 +263,12 @@ def generate(model: Transformer, tokenizer, prompts, max_new_tokens: int = 256, 
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
              chat: bool = True) -> list[str]:
   """Texts generated for each prompt (see encode_prompts for the accepted prompt forms)."""
+  sampling = SamplingConfig(temperature, top_p, top_k)
+  check_count("max_new_tokens", max_new_tokens)
+  require_tokenizer(tokenizer, caller="generate",
+                    why="it returns texts (for token ids in and out use generation.generate_ids)")
   ids = encode_prompts(tokenizer, prompts, chat=chat)
   stops = stop_ids_for(model, tokenizer)
   result = generate_ids(model, ids, max_new_tokens=max_new_tokens, stop_ids=stops,
-                        sampling=SamplingConfig(temperature, top_p, top_k),
-                        rng=jax.random.key(seed))
+                        sampling=sampling, rng=jax.random.key(seed))
   return decode_texts(tokenizer, result, stops)

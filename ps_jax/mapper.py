@@ -27,12 +27,16 @@ class MapperParam(nnx.Param):
 
 class CacheMapper(nnx.Module):
 
-  def __init__(self, num_layers: int, num_kv_heads: int, *, hidden_dim: int = 32,
+  def __init__(self, num_layers: int, num_kv_heads: int | None, *, hidden_dim: int = 32,
                metadata_features: str = "both", per_head: bool = False,
                rngs: nnx.Rngs):
+    """num_kv_heads may be None for the shared (per_head=False) mapper, whose coefficients
+    broadcast over the heads (a reference adapter read without a model config)."""
     if metadata_features not in METADATA_FEATURES:
       raise ValueError(f"metadata_features={metadata_features!r}; expected one of "
                        f"{METADATA_FEATURES}")
+    if per_head and num_kv_heads is None:
+      raise ValueError("per_head=True needs num_kv_heads (one output group per KV head)")
     self.num_layers, self.num_kv_heads = num_layers, num_kv_heads
     self.hidden_dim, self.metadata_features, self.per_head = (
         hidden_dim, metadata_features, per_head)
@@ -63,11 +67,12 @@ class CacheMapper(nnx.Module):
     return jnp.stack(cols, axis=-1)
 
   def coefficients(self, lengths: Array) -> Array:
-    """[L, B, R, K, 4] fp32 (alpha_k, beta_k, alpha_v, beta_v)."""
+    """[L, B, R, K, 4] fp32 (alpha_k, beta_k, alpha_v, beta_v); K = 1 if num_kv_heads is None."""
     h = jax.nn.silu(self.features(lengths) @ self.w1[...] + self.b1[...])
     raw = h @ self.w2[...] + self.b2[...]  # [L, B, R, 4 or 4K]
     raw = raw.reshape(*raw.shape[:-1], -1, 4)  # [L, B, R, 1 or K, 4]
-    raw = jnp.broadcast_to(raw, (*raw.shape[:3], self.num_kv_heads, 4))
+    if self.num_kv_heads is not None:
+      raw = jnp.broadcast_to(raw, (*raw.shape[:3], self.num_kv_heads, 4))
     t = 0.1 * jnp.tanh(raw)
     return t + jnp.array([1.0, 0.0, 1.0, 0.0])
 

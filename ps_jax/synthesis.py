@@ -26,8 +26,8 @@ from ps_jax.adapter import Adapter
 from ps_jax.buckets import DEFAULT_LENGTH_BUCKETS
 from ps_jax.cache import PrefixKV
 from ps_jax.cache.branches import BranchCaches, Branches
-from ps_jax.generation import (SamplingConfig, check_token_ids, decode_texts, encode_prompts,
-                               generate_ids, stop_ids_for)
+from ps_jax.generation import (SamplingConfig, check_count, check_token_ids, decode_texts,
+                               encode_prompts, generate_ids, require_tokenizer, stop_ids_for)
 from ps_jax.model import ModelConfig, Transformer
 from ps_jax.model.rope import inverse_frequencies
 from ps_jax.prompts import PromptTemplates
@@ -162,8 +162,14 @@ def synthesize(
 ) -> SynthesisResult:
   """The synthesizer's greedy answer to each question given its example's branches."""
   _check_method(method)
+  check_count("max_new_tokens", max_new_tokens)
   if len(questions) != branches.batch_size:
     raise ValueError(f"{len(questions)} questions for {branches.batch_size} examples of branches")
+  if method != "text":
+    check_caches(model, branches.caches)
+  require_tokenizer(tokenizer, caller="synthesize",
+                    why="the questions are text in the synthesizer's chat template and the "
+                        "answers are decoded to text")
   stops = stop_ids_for(model, tokenizer)
   common = dict(max_new_tokens=max_new_tokens, stop_ids=stops, sampling=SamplingConfig(),
                 length_buckets=length_buckets)
@@ -173,7 +179,6 @@ def synthesize(
     result = generate_ids(model, ids, **common)
     ttft = result.prefill_s
   else:
-    check_caches(model, branches.caches)
     mapper, lora, scale = _adapter_parts(adapter, method, model, model.dtype)
     mapper_graphdef, mapper_params = _split_optional(mapper)
     (prefix, lmax), prefix_s = timed_call(_build_prefix, model.config, mapper_graphdef,

@@ -18,8 +18,8 @@ from flax import nnx
 from ps_jax.buckets import DEFAULT_LENGTH_BUCKETS, bucket
 from ps_jax.cache import KVCache
 from ps_jax.cache.branches import BranchCaches, Branches, gather_slots
-from ps_jax.generation import (SamplingConfig, check_token_ids, encode_prompts, generate_ids,
-                               stop_ids_for)
+from ps_jax.generation import (SamplingConfig, check_count, check_token_ids, encode_prompts,
+                               generate_ids, require_tokenizer, stop_ids_for)
 from ps_jax.model import Transformer
 from ps_jax.prompts import PromptTemplates
 from ps_jax.typing import Array
@@ -47,6 +47,9 @@ def run_workers(
   num_branches times) or a list of per-branch questions (prefilled as a batch). A trailing
   stop token is not part of a branch.
   """
+  check_count("num_branches", num_branches)
+  check_count("max_new_tokens", max_new_tokens)
+  sampling = SamplingConfig(temperature, top_p)
   if not prompts:
     raise ValueError("prompts is empty")
   shared = all(isinstance(p, str) for p in prompts)
@@ -60,10 +63,13 @@ def run_workers(
     questions = [q for p in prompts for q in p]
     per_row, branches_per_example = 1, [len(p) for p in prompts]
   _check_branch_count(branches_per_example, branch_buckets)
+  require_tokenizer(tokenizer, caller="run_workers",
+                    why="the worker prompts are text in a chat template and branch outputs are "
+                        "decoded to text")
   ids = encode_prompts(tokenizer, [templates.worker_messages(q) for q in questions])
   stops = stop_ids_for(model, tokenizer)
   result = generate_ids(model, ids, max_new_tokens=max_new_tokens, stop_ids=stops,
-                        sampling=SamplingConfig(temperature, top_p), rng=rng,
+                        sampling=sampling, rng=rng,
                         num_samples=per_row, length_buckets=length_buckets)
   kept = result.num_tokens.copy()
   ends_with_stop = np.array([n > 0 and int(row[n - 1]) in stops
@@ -92,11 +98,17 @@ def encode_branches(
   """
   if not examples:
     raise ValueError("examples is empty")
+  if keep_last is not None:
+    check_count("keep_last", keep_last)
   counts = [len(ex) for ex in examples]
   _check_branch_count(counts, branch_buckets)
   rows: list[list[int]] = []
   for b, ex in enumerate(examples):
     for r, branch in enumerate(ex):
+      if isinstance(branch, str):
+        require_tokenizer(tokenizer, caller="encode_branches",
+                          why=f"example {b} branch {r} is text (give it as token ids, or the "
+                              "tokenizer)")
       ids = (list(tokenizer.encode(branch, add_special_tokens=False)) if isinstance(branch, str)
              else [int(t) for t in branch])
       if not ids:
@@ -112,8 +124,6 @@ def encode_branches(
   k, v = _prefill_rows(graphdef, params, jnp.asarray(tokens), jnp.asarray(lengths))
   starts = np.zeros_like(lengths)
   if keep_last is not None:
-    if keep_last < 1:
-      raise ValueError(f"keep_last={keep_last} must be >= 1")
     starts = np.maximum(lengths - keep_last, 0)
   kept = lengths - starts
   token_ids = [r[st:] for r, st in zip(rows, starts)]

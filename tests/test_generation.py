@@ -236,3 +236,38 @@ def test_out_of_vocab_prompt_ids_raise(llama, bad_id):
 def test_nonpositive_max_new_tokens_named(llama, n):
   with pytest.raises(ValueError, match="max_new_tokens"):
     generate_ids(llama, [[5, 6]], max_new_tokens=n, stop_ids=[2])
+
+
+# --- bad arguments of the public entry point: each error names the argument and its range ---
+
+_TOKENIZER = object()  # never used: the argument checks come first
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(temperature=-0.5), r"temperature=-0\.5 is outside the allowed range: a finite number "
+                             r">= 0"),
+    (dict(temperature=float("nan")), r"temperature=nan is outside the allowed range"),
+    (dict(top_p=0.0), r"top_p=0\.0 is outside the allowed range \(0, 1\]"),
+    (dict(top_p=1.5), r"top_p=1\.5 is outside the allowed range \(0, 1\]"),
+    (dict(top_k=-1), r"top_k=-1 is outside the allowed range: an integer >= 0"),
+    (dict(top_k=2.5), r"top_k=2\.5 is outside the allowed range: an integer >= 0"),
+    (dict(max_new_tokens=0), r"max_new_tokens=0 is outside the allowed range: an integer >= 1"),
+    (dict(max_new_tokens=-3), r"max_new_tokens=-3 is outside the allowed range"),
+])
+def test_public_generate_rejects_bad_sampling_arguments(llama, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    ps_jax.generate(llama, _TOKENIZER, [[5, 6, 7]], **kwargs)
+
+
+def test_public_generate_needs_a_tokenizer(llama):
+  with pytest.raises(ValueError, match=r"generate: tokenizer=None, but it returns texts"):
+    ps_jax.generate(llama, None, [[5, 6, 7]], max_new_tokens=2)
+
+
+@pytest.mark.parametrize("kwargs,name", [(dict(temperature=-1.0), "temperature"),
+                                         (dict(top_p=0), "top_p"), (dict(top_k=-2), "top_k")])
+def test_sampling_config_is_validated_where_it_is_built(kwargs, name):
+  """launch.generate and generate_ids callers build SamplingConfig themselves: same checks."""
+  with pytest.raises(ValueError, match=f"^{name}="):
+    SamplingConfig(**kwargs)
+  assert SamplingConfig(temperature=0.6, top_p=1, top_k=0).top_p == 1  # the edges are allowed

@@ -510,8 +510,8 @@ def markdown(result: dict[str, Any], notes: str = "") -> str:
       "- Prompts: the same token ids for both frameworks (windows of a fixed English text).",
       "- fp32 weights in both, dequantized from the same GGUF file; transformers uses "
       "`attn_implementation=\"eager\"` under `torch.inference_mode()`.",
-      "- Regenerate: `python -m launch.bench_forward` (writes forward.json, forward.md, "
-      "forward.png).",
+      "- Regenerate: `python -m launch.bench_forward --config configs/bench_forward.py` "
+      "(writes forward.json, forward.md, forward.png).",
       "",
   ]
   if result.get("decode_step_analysis"):

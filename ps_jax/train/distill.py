@@ -36,7 +36,7 @@ from ps_jax.cache.branches import Branches
 from ps_jax.data import synthetic
 from ps_jax.data.rows import (ANSWER_KEYS, CONTEXT_KEYS, QUERY_KEYS, MalformedRow, Row,
                               RowStats)
-from ps_jax.generation import encode_prompts
+from ps_jax.generation import SamplingConfig, encode_prompts
 from ps_jax.model import Transformer
 from ps_jax.prompts import PromptTemplates
 from ps_jax.synthesis import synthesize
@@ -69,6 +69,7 @@ class DistillConfig:
         raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
     if self.max_rows < 0:
       raise ValueError(f"max_rows={self.max_rows} must be >= 0 (0 = all rows)")
+    SamplingConfig(self.temperature, self.top_p)  # checked before any model loads
 
   def identity(self) -> dict[str, Any]:
     """The settings that change the output rows (batch_size and max_rows do not)."""

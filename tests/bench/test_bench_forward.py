@@ -113,7 +113,8 @@ def test_launch_bench_forward(tiny, tmp_path):
   stem = tmp_path / "fwd"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   proc = subprocess.run(
-      [sys.executable, "-m", "launch.bench_forward", f"--config.model={t.path}",
+      [sys.executable, "-m", "launch.bench_forward", "--config", "configs/bench_forward.py",
+       f"--config.model={t.path}",
        f"--config.out={stem}", "--config.bench.prefill_tokens=16",
        "--config.bench.decode_prompt_tokens=8", "--config.bench.decode_new_tokens=3",
        "--config.bench.repeats=1", "--config.bench.decode_batches=(1,2)"],

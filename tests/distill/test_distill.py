@@ -227,6 +227,8 @@ def test_bad_config_values():
     dl.DistillConfig(branches="text")
   with pytest.raises(ValueError, match="batch_size"):
     dl.DistillConfig(batch_size=0)
+  with pytest.raises(ValueError, match=r"top_p=0 is outside the allowed range \(0, 1\]"):
+    dl.DistillConfig(top_p=0)
   with pytest.raises(FileNotFoundError, match="synthetic"):
     dl.load_inputs("/no/such/file.jsonl")
   with pytest.raises(ValueError, match="unknown synthetic family"):

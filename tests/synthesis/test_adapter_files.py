@@ -1,10 +1,12 @@
-"""Adapter files: orbax and reference (PEFT + cache_mapper.pt) round trips are exact, partial
-reference folders load as identity mapper / no LoRA, and our PEFT export is readable by peft.
+"""Adapter files: orbax and reference (PEFT + cache_mapper.pt) round trips are exact with or
+without the model config, partial reference folders load as identity mapper / no LoRA, our
+PEFT export is readable by peft, and a crafted cache_mapper.pt is refused without running.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 
 import jax
@@ -16,6 +18,7 @@ from flax import nnx
 import helpers
 import ps_jax as ps
 import torch_reference as tr
+from ps_jax.adapter import ModelShape
 from synth_helpers import logits_np, max_diff, random_adapter, report, valid_rows_diff
 
 FAMILY = "llama"
@@ -44,15 +47,67 @@ def _pure(adapter):
   return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(adapter)))
 
 
+@pytest.mark.parametrize("with_config", [True, False])
 @pytest.mark.parametrize("fmt", ["orbax", "peft"])
-def test_round_trip_is_exact(setup, fmt):
+def test_round_trip_is_exact(setup, fmt, with_config):
+  """adapter.json records the model shape, so the config is optional."""
   s = setup
-  loaded = ps.load_adapter(str(s["root"] / fmt), s["model"].config)
+  args = (s["model"].config,) if with_config else ()
+  loaded = ps.load_adapter(str(s["root"] / fmt), *args)
+  assert loaded.model_shape == ModelShape.of(s["model"].config)
   jax.tree.map(np.testing.assert_array_equal, _pure(loaded), _pure(s["adapter"]))
   assert loaded.lora.rank == 4 and loaded.lora.scale == s["adapter"].lora.scale == 2.0
   d = max_diff(_logits(s, loaded), _logits(s, s["adapter"]))
-  report(f"{fmt} save/load: logits max diff", d)
+  report(f"{fmt} save/load ({'with' if with_config else 'without'} config): logits max diff", d)
   assert d == 0.0
+
+
+def test_reference_folder_without_adapter_json_infers_the_shape(setup, tmp_path):
+  """The authors' release has no adapter.json: the LoRA tensors give layers and widths (not the
+  head split); the adapter then runs on a model of those widths, with the same logits."""
+  s = setup
+  shutil.copytree(s["root"] / "peft", tmp_path, dirs_exist_ok=True)
+  (tmp_path / "adapter.json").unlink()
+  loaded = ps.load_adapter(str(tmp_path))
+  c = s["model"].config
+  assert loaded.model_shape.as_dict() == {
+      "num_layers": c.num_layers, "hidden_size": c.hidden_size,
+      "q_size": c.num_heads * c.head_dim, "kv_size": c.num_kv_heads * c.head_dim}
+  assert loaded.mapper.num_kv_heads is None  # shared over heads: broadcast in the forward
+  jax.tree.map(np.testing.assert_array_equal, _pure(loaded), _pure(s["adapter"]))
+  d = max_diff(_logits(s, loaded), _logits(s, s["adapter"]))
+  report("reference folder, shape inferred from the LoRA: logits max diff", d)
+  assert d == 0.0
+  # With the config the full shape is kept (and checked against the tensors).
+  assert ps.load_adapter(str(tmp_path), c).model_shape == ModelShape.of(c)
+
+
+class _Hostile:
+  """Unpickling this calls open(marker, "w"): stands for any code a crafted file could run."""
+
+  def __init__(self, marker: str):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("with_config", [True, False])
+def test_crafted_mapper_file_is_refused_and_runs_nothing(setup, tmp_path, with_config):
+  s = setup
+  folder = tmp_path / "adapter"
+  shutil.copytree(s["root"] / "peft", folder)
+  marker = tmp_path / "marker"
+  state = {k: v for k, v in torch.load(folder / "cache_mapper.pt").items()}
+  state["net.0.bias"] = _Hostile(str(marker))
+  torch.save(state, folder / "cache_mapper.pt")
+  args = (s["model"].config,) if with_config else ()
+  with pytest.raises(ValueError, match=re.escape(str(folder / "cache_mapper.pt")) + ": refused"):
+    ps.load_adapter(str(folder), *args)
+  assert not marker.exists()
+  # The file is hostile indeed: unrestricted unpickling runs its payload.
+  torch.load(folder / "cache_mapper.pt", weights_only=False)["net.0.bias"].close()
+  assert marker.exists()
 
 
 def test_reference_dir_with_only_lora(setup, tmp_path):

@@ -43,7 +43,8 @@ def _num_params(mapper) -> int:
 
 @pytest.fixture(scope="module")
 def reference(tiny, tmp_path_factory):
-  """`reference(family)` -> (family, model, adapter, ours, ref, lengths), built once per family."""
+  """`reference(family)` -> (family, model, adapter, ours, ref, lengths, inputs), built once per
+  family; inputs = (adapter folder, branches, synth tokens)."""
   built = {}
 
   def get(family):
@@ -90,13 +91,13 @@ def _build(family, tiny, tmp_path_factory):
         with peft_model.disable_adapter():
           rows.append(run())
     ref[m] = rows
-  return family, model, adapter, ours, ref, lengths
+  return family, model, adapter, ours, ref, lengths, (folder, branches, tokens)
 
 
 @pytest.mark.parametrize("family,method", [(f, m) for f, ms in FAMILY_METHODS.items()
                                            for m in ms])
 def test_reference_adapter_logits_match_torch(reference, family, method):
-  _, _, _, ours, ref, lengths = reference(family)
+  _, _, _, ours, ref, lengths, _ = reference(family)
   d = max(max_diff(ours[method][b, :n], ref[method][b]) for b, n in enumerate(lengths))
   report(f"{family} reference adapter, {method} vs torch/peft", d)
   assert d <= TOL
@@ -105,7 +106,7 @@ def test_reference_adapter_logits_match_torch(reference, family, method):
 @pytest.mark.parametrize("family", list(RANKS))
 def test_adapter_parts_change_the_logits(reference, family):
   """The comparisons above are not vacuous: mapper and LoRA each move the logits a lot."""
-  _, _, _, ours, _, lengths = reference(family)
+  _, _, _, ours, _, lengths, _ = reference(family)
   d_all = valid_rows_diff(ours["parallel_synthesis"], ours["pcw"], lengths)
   print(f"\n[{family}] |parallel_synthesis-pcw|={d_all:.3f}")
   assert d_all > 1e-1
@@ -125,6 +126,23 @@ def test_loaded_adapter_structure(reference, family):
   assert _num_params(adapter.mapper) == 260
   assert adapter.mapper.metadata_features == "both" and adapter.mapper.hidden_dim == 32
   assert model.config.num_layers == adapter.mapper.num_layers
+
+
+@pytest.mark.parametrize("family", list(RANKS))
+def test_reference_folder_loads_without_a_config(reference, family):
+  """The release layout records no model shape: load_adapter(path) infers layers and widths
+  from the LoRA tensors and gives the same logits as load_adapter(path, config)."""
+  _, model, adapter, ours, _, lengths, (folder, branches, tokens) = reference(family)
+  loaded = ps.load_adapter(str(folder))
+  c = model.config
+  assert loaded.model_shape.as_dict() == {
+      "num_layers": c.num_layers, "hidden_size": c.hidden_size,
+      "q_size": c.num_heads * c.head_dim, "kv_size": c.num_kv_heads * c.head_dim}
+  assert loaded.lora.rank == adapter.lora.rank and loaded.lora.scale == adapter.lora.scale
+  got = logits_np(model, branches, tokens, "parallel_synthesis", adapter=loaded, lengths=lengths)
+  d = valid_rows_diff(got, ours["parallel_synthesis"], lengths)
+  report(f"{family} reference adapter without config vs with config", d)
+  assert d == 0.0
 
 
 # ------------------------------------------------------------------ the mapper on its own

@@ -3,12 +3,15 @@ mis-computed."""
 
 from __future__ import annotations
 
+import re
+
 import jax.numpy as jnp
 import pytest
 
 import helpers
 import ps_jax as ps
 import torch_reference as tr
+from ps_jax.adapter import ModelShape
 from ps_jax.model import ModelConfig
 
 
@@ -82,6 +85,50 @@ def test_unknown_method(llama, llama_branches):
     ps.synthesis_logits(llama, branches, synth, method="text")
 
 
+# ------------------------------------------------------------------ arguments
+
+_TOKENIZER = object()  # never used: the argument checks come before any text work
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(num_branches=0), r"num_branches=0 is outside the allowed range: an integer >= 1"),
+    (dict(num_branches=-2), r"num_branches=-2 is outside the allowed range: an integer >= 1"),
+    (dict(max_new_tokens=0), r"max_new_tokens=0 is outside the allowed range: an integer >= 1"),
+    (dict(temperature=-0.1), r"temperature=-0\.1 is outside the allowed range: a finite number "
+                             r">= 0"),
+    (dict(top_p=0.0), r"top_p=0\.0 is outside the allowed range \(0, 1\]"),
+    (dict(top_p=1.01), r"top_p=1\.01 is outside the allowed range \(0, 1\]"),
+])
+def test_run_workers_bad_arguments(llama, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    ps.run_workers(llama, _TOKENIZER, ["q"], **kwargs)
+
+
+def test_run_workers_needs_a_tokenizer(llama):
+  with pytest.raises(ValueError, match=r"run_workers: tokenizer=None, but the worker prompts "
+                                       r"are text"):
+    ps.run_workers(llama, None, ["q"], num_branches=2, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("method", ["text", "pcw"])
+def test_synthesize_bad_arguments(llama, llama_branches, method):
+  branches, _ = llama_branches
+  with pytest.raises(ValueError, match=r"max_new_tokens=0 is outside the allowed range: an "
+                                       r"integer >= 1"):
+    ps.synthesize(llama, _TOKENIZER, branches, ["q"], method=method, max_new_tokens=0)
+  with pytest.raises(ValueError, match=r"synthesize: tokenizer=None, but the questions are text"):
+    ps.synthesize(llama, None, branches, ["q"], method=method, max_new_tokens=2)
+
+
+def test_encode_branches_needs_a_tokenizer_only_for_text(llama):
+  with pytest.raises(ValueError, match=r"encode_branches: tokenizer=None, but example 0 branch 1 "
+                                       r"is text"):
+    ps.encode_branches(llama, None, [[[5, 6], "some text"]])
+  assert ps.encode_branches(llama, None, [[[5, 6]]]).texts == [[""]]  # ids need no tokenizer
+  with pytest.raises(ValueError, match=r"keep_last=0 is outside the allowed range"):
+    ps.encode_branches(llama, None, [[[5, 6]]], keep_last=0)
+
+
 # ------------------------------------------------------------------ adapters
 
 
@@ -93,11 +140,26 @@ def test_adapter_for_a_different_model(llama, llama_branches, other):
     ps.synthesis_logits(llama, branches, synth, method="parallel_synthesis", adapter=adapter)
 
 
-def test_orbax_adapter_for_a_different_model(llama, tmp_path):
-  ps.save_adapter(ps.Adapter.create(_config("qwen3"), rank=4, alpha=8.0), str(tmp_path),
-                  format="orbax")
-  with pytest.raises(ValueError, match="adapter was made for a model with"):
+@pytest.mark.parametrize("fmt", ["orbax", "peft"])
+def test_saved_adapter_for_a_different_model(llama, tmp_path, fmt):
+  """The shape recorded in adapter.json against the given model: both shapes are named."""
+  qwen3 = _config("qwen3")
+  ps.save_adapter(ps.Adapter.create(qwen3, rank=4, alpha=8.0), str(tmp_path), format=fmt)
+  recorded, given = (re.escape(str(ModelShape.of(c))) for c in (qwen3, llama.config))
+  with pytest.raises(ValueError, match=f"adapter was made for a model with {recorded}, but this "
+                                       f"model has {given}"):
     ps.load_adapter(str(tmp_path), llama.config)
+  assert ps.load_adapter(str(tmp_path)).model_shape == ModelShape.of(qwen3)  # no config needed
+
+
+def test_corrupt_adapter_json(llama, tmp_path):
+  ps.save_adapter(ps.Adapter.create(llama.config, rank=4, alpha=8.0), str(tmp_path))
+  (tmp_path / "adapter.json").write_text('{"model_shape": {"num_layers": "two"}}')
+  with pytest.raises(ValueError, match=r"adapter.json: model_shape .* positive integers"):
+    ps.load_adapter(str(tmp_path))
+  (tmp_path / "adapter.json").write_text('{"model_shape": ')
+  with pytest.raises(ValueError, match=r"adapter.json: not valid JSON"):
+    ps.load_adapter(str(tmp_path))
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +192,19 @@ def test_reference_lora_with_too_many_layers(llama, peft_dirs):
     ps.load_adapter(str(peft_dirs["llama3_tied"]), llama.config)
 
 
+def test_inferred_reference_lora_for_a_different_model(llama, llama_branches, peft_dirs):
+  """Without a config the shape comes from the LoRA tensors (no head split); a model whose
+  widths differ is refused, naming both shapes."""
+  adapter = ps.load_adapter(str(peft_dirs["qwen3"]))
+  assert adapter.model_shape.as_dict() == {"num_layers": 2, "hidden_size": 64, "q_size": 128,
+                                           "kv_size": 64}
+  branches, synth = llama_branches
+  with pytest.raises(ValueError, match=re.escape(
+      f"adapter was made for a model with {adapter.model_shape}, but this model has "
+      f"{ModelShape.of(llama.config)}")):
+    ps.synthesis_logits(llama, branches, synth, method="lora_only", adapter=adapter)
+
+
 def test_reference_lora_with_other_target_modules(tiny, tmp_path, llama):
   from peft import LoraConfig, get_peft_model  # pylint: disable=import-outside-toplevel
   import copy  # pylint: disable=import-outside-toplevel
@@ -155,6 +230,29 @@ def test_unknown_metadata_features(llama, tmp_path):
   (tmp_path / "cache_mapper_config.json").write_text('{"metadata_features": "everything"}')
   with pytest.raises(ValueError, match="metadata_features='everything'"):
     ps.load_adapter(str(tmp_path), llama.config)
+
+
+def test_peft_export_with_a_part_missing(llama, tmp_path):
+  """Our export records its parts: a lost cache_mapper.pt is an error, not an identity map."""
+  ps.save_adapter(ps.Adapter.create(llama.config, rank=4, alpha=8.0), str(tmp_path),
+                  format="peft")
+  (tmp_path / "cache_mapper.pt").unlink()
+  with pytest.raises(FileNotFoundError, match="adapter.json records a mapper but "
+                                              "cache_mapper.pt is missing"):
+    ps.load_adapter(str(tmp_path))
+  with pytest.raises(ValueError, match="per-head mapper .* format='orbax'"):
+    ps.save_adapter(ps.Adapter.create(llama.config, per_head_mapper=True),
+                    str(tmp_path / "per_head"), format="peft")
+  assert not (tmp_path / "per_head").exists()
+
+
+def test_reference_mapper_alone_needs_the_config(llama, tmp_path):
+  """A bare cache_mapper.pt does not say the layer count (its layer feature needs it)."""
+  tr.save_ref_mapper(tr.random_ref_mapper(seed=2), str(tmp_path))
+  with pytest.raises(ValueError, match=r"does not say how many layers .* pass the model's "
+                                       r"config: load_adapter\(path, model.config\)"):
+    ps.load_adapter(str(tmp_path))
+  assert ps.load_adapter(str(tmp_path), llama.config).mapper.num_layers == 2
 
 
 def test_not_an_adapter_folder(llama, tmp_path):
