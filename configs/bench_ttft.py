@@ -20,8 +20,14 @@ from configs import common
 
 # Fields that quick=True sets (in get_config for the config argument; in the launcher for
 # `--config.quick=True`).
-QUICK = dict(num_branches=(2, 3), branch_lengths=(64, 128), repeats=2, min_repeats=2,
-             compile_check_lengths=(40, 50, 60), output="/tmp/ps_jax_bench/ttft_quick")
+QUICK = dict(
+  num_branches=(2, 3),
+  branch_lengths=(64, 128),
+  repeats=2,
+  min_repeats=2,
+  compile_check_lengths=(40, 50, 60),
+  output="/tmp/ps_jax_bench/ttft_quick",
+)
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:

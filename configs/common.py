@@ -5,13 +5,20 @@ from __future__ import annotations
 import ml_collections
 
 # Config-facing dtype names -> numpy/JAX dtype names (kept as strings so configs import no jax).
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": "float16", "fp16": "float16"}
+DTYPES = {
+  "float32": "float32",
+  "fp32": "float32",
+  "bfloat16": "bfloat16",
+  "bf16": "bfloat16",
+  "float16": "float16",
+  "fp16": "float16",
+}
 
 
 def dtype(name: str):
   """The jnp dtype for a config's dtype name ("float32", "bfloat16", ...)."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   key = str(name).lower()
   if key not in DTYPES:
     raise ValueError(f"config dtype={name!r} is not one of {sorted(DTYPES)}")
@@ -60,5 +67,7 @@ def build_model(cfg):
   if not cfg.random_init:
     return ps.load(cfg.source, dtype=dtype(cfg.dtype))
   config = dataclasses.replace(ps.io.load_config(cfg.source), **dict(cfg.random_shape))
-  return (ps.Transformer(config, dtype=dtype(cfg.dtype), rngs=nnx.Rngs(0)),
-          ps.io.load_tokenizer(cfg.source))
+  return (
+    ps.Transformer(config, dtype=dtype(cfg.dtype), rngs=nnx.Rngs(0)),
+    ps.io.load_tokenizer(cfg.source),
+  )

@@ -9,31 +9,64 @@ demo.json) to the workdir; the committed copy lives in docs/results/.
 
 import ml_collections
 
-FAMILIES = ("chat_recall", "tool_lookup", "find_fact", "combine_partials", "majority_vote",
-            "verified_candidate")
+FAMILIES = (
+  "chat_recall",
+  "tool_lookup",
+  "find_fact",
+  "combine_partials",
+  "majority_vote",
+  "verified_candidate",
+)
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   del arg
   c = ml_collections.ConfigDict()
-  c.model = ml_collections.ConfigDict(dict(
-      source="smollm2-135m-instruct", dtype="float32",
-      random_init=False, random_shape=ml_collections.ConfigDict()))
-  c.data = ml_collections.ConfigDict(dict(
-      families=FAMILIES, train_per_family=400, eval_per_family=24, num_branches=(2, 4),
-      difficulty=1, seed=0, extra_jsonl=()))
-  c.pipeline = ml_collections.ConfigDict(dict(
-      batch_size=4, max_branches=4, branch_tokens=64, synth_tokens=128, target_tokens=16,
-      seed=0))
+  c.model = ml_collections.ConfigDict(
+    dict(
+      source="smollm2-135m-instruct",
+      dtype="float32",
+      random_init=False,
+      random_shape=ml_collections.ConfigDict(),
+    )
+  )
+  c.data = ml_collections.ConfigDict(
+    dict(
+      families=FAMILIES,
+      train_per_family=400,
+      eval_per_family=24,
+      num_branches=(2, 4),
+      difficulty=1,
+      seed=0,
+      extra_jsonl=(),
+    )
+  )
+  c.pipeline = ml_collections.ConfigDict(
+    dict(batch_size=4, max_branches=4, branch_tokens=64, synth_tokens=128, target_tokens=16, seed=0)
+  )
   c.train = ml_collections.ConfigDict(dict(num_steps=300, eval_every=100, eval_batches=6))
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=50, max_to_keep=3))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=3e-4, weight_decay=0.0, warmup_steps=20, clip_norm=1.0))
-  c.adapter = ml_collections.ConfigDict(dict(
-      rank=16, alpha=32.0, mapper_hidden_dim=32, metadata_features="both",
-      per_head_mapper=False, seed=0))
+  c.optimizer = ml_collections.ConfigDict(
+    dict(learning_rate=3e-4, weight_decay=0.0, warmup_steps=20, clip_norm=1.0)
+  )
+  c.adapter = ml_collections.ConfigDict(
+    dict(
+      rank=16,
+      alpha=32.0,
+      mapper_hidden_dim=32,
+      metadata_features="both",
+      per_head_mapper=False,
+      seed=0,
+    )
+  )
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-  c.eval = ml_collections.ConfigDict(dict(
-      enabled=True, methods=("text", "pcw", "parallel_synthesis"), max_new_tokens=16,
-      batch_size=8, report_name="demo"))
+  c.eval = ml_collections.ConfigDict(
+    dict(
+      enabled=True,
+      methods=("text", "pcw", "parallel_synthesis"),
+      max_new_tokens=16,
+      batch_size=8,
+      report_name="demo",
+    )
+  )
   return c

@@ -39,12 +39,18 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   if arg.preset not in ("default", "tiny"):
     raise ValueError(f"config arg preset={arg.preset!r}; expected 'default' or 'tiny'")
   c = ml_collections.ConfigDict()
-  c.model = ml_collections.ConfigDict(dict(
-      source="smollm2-135m-instruct", dtype="float32",
-      random_init=False, random_shape=ml_collections.ConfigDict()))
+  c.model = ml_collections.ConfigDict(
+    dict(
+      source="smollm2-135m-instruct",
+      dtype="float32",
+      random_init=False,
+      random_shape=ml_collections.ConfigDict(),
+    )
+  )
   c.input = "synthetic:majority_vote,verified_candidate"
-  c.synthetic = ml_collections.ConfigDict(dict(
-      split="train", per_family=100, seed=0, num_branches=(3, 3), difficulty=1))
+  c.synthetic = ml_collections.ConfigDict(
+    dict(split="train", per_family=100, seed=0, num_branches=(3, 3), difficulty=1)
+  )
   c.output = ""  # "" = WORKDIR/distilled.jsonl
   c.branches = "auto"  # "auto" | "workers" | "contexts"
   c.num_branches = 3
@@ -58,9 +64,17 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.overwrite = False  # True: delete an existing output and start over
   if arg.preset == "tiny":
     c.model.random_init = True
-    c.model.random_shape = ml_collections.ConfigDict(dict(
-        hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-        head_dim=8, tie_embeddings=False))  # untied: a tied random model greedily repeats "\n"
+    c.model.random_shape = ml_collections.ConfigDict(
+      dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        tie_embeddings=False,
+      )
+    )  # untied: a tied random model greedily repeats "\n"
     c.input = "synthetic:find_fact,majority_vote"
     c.synthetic.per_family = 4
     c.branches = "workers"

@@ -13,9 +13,11 @@ from configs import demo
 def get_config(arg=None) -> ml_collections.ConfigDict:
   c = demo.get_config(arg)
   c.model.random_init = True
-  c.model.random_shape = ml_collections.ConfigDict(dict(
-      hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-      head_dim=8))
+  c.model.random_shape = ml_collections.ConfigDict(
+    dict(
+      hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8
+    )
+  )
   c.data.families = ("find_fact", "majority_vote")
   c.data.train_per_family = 16
   c.data.eval_per_family = 4

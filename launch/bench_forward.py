@@ -16,7 +16,8 @@ from ml_collections import config_flags
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file (see configs/bench_forward.py).", lock_config=True)
+  "config", None, "Config file (see configs/bench_forward.py).", lock_config=True
+)
 flags.mark_flags_as_required(["config"])  # a clear usage error, before anything runs
 
 
@@ -27,14 +28,18 @@ def set_threads(n: int) -> dict:
   schedulable cores narrows the affinity to n cores; torch gets torch.set_num_threads(n).
   """
   from ps_jax.bench import report  # pylint: disable=import-outside-toplevel
+
   cores = report.schedulable_cores()
   n = cores if n <= 0 else n
   if n < cores:
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:n])
-  out = {"cores_used": report.schedulable_cores(),
-         "xla": "CPU client default (one thread per schedulable core)"}
+  out = {
+    "cores_used": report.schedulable_cores(),
+    "xla": "CPU client default (one thread per schedulable core)",
+  }
   try:
     import torch  # pylint: disable=import-outside-toplevel
+
     torch.set_num_threads(n)
     out["torch_intra_op"] = torch.get_num_threads()
   except ImportError:
@@ -51,8 +56,9 @@ def load_torch_model(source: str, dtype: str):
   path = embedded_path(source) if source in EMBEDDED else source
   kwargs = dict(attn_implementation="eager", dtype=getattr(torch, dtype))
   if path.endswith(".gguf"):
-    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path) or ".",
-                                                 gguf_file=os.path.basename(path), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+      os.path.dirname(path) or ".", gguf_file=os.path.basename(path), **kwargs
+    )
   else:
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
   return model.eval()
@@ -67,8 +73,9 @@ def main(argv) -> None:
   from configs import common  # pylint: disable=import-outside-toplevel
   from ps_jax.bench import forward  # pylint: disable=import-outside-toplevel
 
-  bench = forward.ForwardBenchConfig(**{k: (tuple(v) if isinstance(v, (list, tuple)) else v)
-                                        for k, v in c.bench.to_dict().items()})
+  bench = forward.ForwardBenchConfig(
+    **{k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in c.bench.to_dict().items()}
+  )
   start = time.perf_counter()
   model, tokenizer = ps.load(c.model, dtype=common.dtype(c.dtype))
   logging.info("ps_jax load: %.2f s", time.perf_counter() - start)
@@ -78,14 +85,22 @@ def main(argv) -> None:
     torch_model = load_torch_model(c.model, str(common.dtype(c.dtype)))
     logging.info("transformers load: %.2f s", time.perf_counter() - start)
 
-  result = forward.run(model, tokenizer, config=bench, torch_model=torch_model,
-                       model_name=c.model, env_extra={"threads": threads})
+  result = forward.run(
+    model,
+    tokenizer,
+    config=bench,
+    torch_model=torch_model,
+    model_name=c.model,
+    env_extra={"threads": threads},
+  )
   notes = ""
   if c.analysis:
     result["decode_step_analysis"] = forward.decode_step_analysis(
-        model, batches=bench.decode_batches,
-        cache_len=bench.decode_prompt_tokens + bench.decode_new_tokens,
-        repeats=max(bench.repeats, 5))
+      model,
+      batches=bench.decode_batches,
+      cache_len=bench.decode_prompt_tokens + bench.decode_new_tokens,
+      repeats=max(bench.repeats, 5),
+    )
     notes = forward.XLA_CPU_DECODE_NOTES
   result["environment"]["load_average_end"] = list(os.getloadavg())
   out = c.out if os.path.isabs(c.out) else os.path.join(_ROOT, c.out)

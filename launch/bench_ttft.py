@@ -22,7 +22,8 @@ from ml_collections import config_flags
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file (see configs/bench_ttft.py).", lock_config=True)
+  "config", None, "Config file (see configs/bench_ttft.py).", lock_config=True
+)
 flags.mark_flags_as_required(["config"])  # a clear usage error, before anything runs
 
 
@@ -48,8 +49,14 @@ def main(argv) -> None:
     if common.dtype(c.dtype).name != "float32":
       logging.warning("the torch reference runs in float32 while the model is %s", c.dtype)
     torch_model = ttft.load_torch_model(c.model)
-  result = ttft.run(model, tokenizer, config, torch_model=torch_model, model_name=c.model,
-                    log=lambda s: print(s, flush=True))
+  result = ttft.run(
+    model,
+    tokenizer,
+    config,
+    torch_model=torch_model,
+    model_name=c.model,
+    log=lambda s: print(s, flush=True),
+  )
   stem = c.output if os.path.isabs(c.output) else os.path.join(_ROOT, c.output)
   paths = ttft.write(result, stem)
   print(f"done in {result['wall_s'] / 60:.1f} min; wrote " + ", ".join(paths.values()))

@@ -16,10 +16,12 @@ from ml_collections import config_flags
 
 from configs.common import build_model
 
-flags.DEFINE_string("workdir", None, "Directory for the output (default distilled.jsonl).",
-                    required=True)
-config_flags.DEFINE_config_file("config", None, "Config file (see configs/distill.py).",
-                                lock_config=True)
+flags.DEFINE_string(
+  "workdir", None, "Directory for the output (default distilled.jsonl).", required=True
+)
+config_flags.DEFINE_config_file(
+  "config", None, "Config file (see configs/distill.py).", lock_config=True
+)
 flags.mark_flags_as_required(["config"])  # a clear usage error, before anything runs
 FLAGS = flags.FLAGS
 
@@ -28,10 +30,16 @@ def distill_config(c):
   from ps_jax.train.distill import DistillConfig  # pylint: disable=import-outside-toplevel
 
   return DistillConfig(
-      branches=c.branches, num_branches=c.num_branches,
-      worker_max_new_tokens=c.worker_max_new_tokens, synth_max_new_tokens=c.synth_max_new_tokens,
-      temperature=c.temperature, top_p=c.top_p, seed=c.seed, batch_size=c.batch_size,
-      max_rows=c.max_rows)
+    branches=c.branches,
+    num_branches=c.num_branches,
+    worker_max_new_tokens=c.worker_max_new_tokens,
+    synth_max_new_tokens=c.synth_max_new_tokens,
+    temperature=c.temperature,
+    top_p=c.top_p,
+    seed=c.seed,
+    batch_size=c.batch_size,
+    max_rows=c.max_rows,
+  )
 
 
 def main(argv):
@@ -44,9 +52,13 @@ def main(argv):
   output = c.output or os.path.join(FLAGS.workdir, "distilled.jsonl")
   syn = c.synthetic
   inputs, input_stats = distill_lib.load_inputs(
-      c.input, split=syn.split, per_family=syn.per_family, seed=syn.seed,
-      num_branches=syn.num_branches if isinstance(syn.num_branches, int)
-      else tuple(syn.num_branches), difficulty=syn.difficulty)
+    c.input,
+    split=syn.split,
+    per_family=syn.per_family,
+    seed=syn.seed,
+    num_branches=syn.num_branches if isinstance(syn.num_branches, int) else tuple(syn.num_branches),
+    difficulty=syn.difficulty,
+  )
   logging.info("input %s: %s", c.input, input_stats)
   print(f"input {c.input}: {input_stats}", flush=True)
   model, tokenizer = build_model(c.model)
@@ -54,14 +66,17 @@ def main(argv):
   if c.input.startswith("synthetic"):
     settings["synthetic"] = c.synthetic.to_dict()
   settings = _jsonable(settings)
-  stats = distill_lib.distill(model, tokenizer, inputs, cfg, output, settings=settings,
-                              overwrite=c.overwrite)
+  stats = distill_lib.distill(
+    model, tokenizer, inputs, cfg, output, settings=settings, overwrite=c.overwrite
+  )
   print(f"{output}: {stats}")
   need = distill_lib.pipeline_needs(output, tokenizer)
   sizes = " ".join(f"--config.pipeline.{k}={v}" for k, v in need.items())
-  print(f"train on it (these pipeline sizes keep every row; rows that do not fit are skipped "
-        f"as too long): python -m launch.train --config configs/demo.py --workdir W "
-        f"--config.data.extra_jsonl={output} {sizes}")
+  print(
+    f"train on it (these pipeline sizes keep every row; rows that do not fit are skipped "
+    f"as too long): python -m launch.train --config configs/demo.py --workdir W "
+    f"--config.data.extra_jsonl={output} {sizes}"
+  )
 
 
 def _jsonable(obj):

@@ -28,15 +28,26 @@ def main(argv):
   c = FLAGS.config
   model, tokenizer = ps.load(c.model, dtype=common.dtype(c.dtype))
   adapter = ps.load_adapter(c.adapter, model.config) if c.adapter else None
-  examples = load_eval_dataset(c.dataset, c.path or None, c.split or None,
-                               None if c.limit < 0 else c.limit)
-  workflow = SamplingWorkers(num_branches=c.num_workers, max_new_tokens=c.worker_max_new_tokens,
-                             temperature=c.temperature, top_p=c.top_p)
-  cfg = EvalConfig(methods=tuple(c.methods), max_new_tokens=c.synth_max_new_tokens,
-                   batch_size=c.batch_size, seed=c.seed, code_timeout_s=c.code_timeout_s,
-                   sandbox_allow_unsafe=c.sandbox_allow_unsafe)
-  summary = run_eval(model, tokenizer, examples, cfg, FLAGS.workdir, workflow=workflow,
-                     adapter=adapter)
+  examples = load_eval_dataset(
+    c.dataset, c.path or None, c.split or None, None if c.limit < 0 else c.limit
+  )
+  workflow = SamplingWorkers(
+    num_branches=c.num_workers,
+    max_new_tokens=c.worker_max_new_tokens,
+    temperature=c.temperature,
+    top_p=c.top_p,
+  )
+  cfg = EvalConfig(
+    methods=tuple(c.methods),
+    max_new_tokens=c.synth_max_new_tokens,
+    batch_size=c.batch_size,
+    seed=c.seed,
+    code_timeout_s=c.code_timeout_s,
+    sandbox_allow_unsafe=c.sandbox_allow_unsafe,
+  )
+  summary = run_eval(
+    model, tokenizer, examples, cfg, FLAGS.workdir, workflow=workflow, adapter=adapter
+  )
   print(open(f"{FLAGS.workdir}/summary.md").read())
   del summary
 

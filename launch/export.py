@@ -18,8 +18,9 @@ import json
 
 from absl import app, flags
 
-flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).",
-                    required=True)
+flags.DEFINE_string(
+  "workdir", None, "Training workdir (config.json + checkpoints/).", required=True
+)
 flags.DEFINE_enum("format", "orbax", ["orbax", "peft"], "Output format.")
 flags.DEFINE_string("out", None, "Output folder.", required=True)
 flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the newest good one).")
@@ -32,8 +33,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from ps_jax.train.export import export_adapter  # pylint: disable=import-outside-toplevel
 
-  info = export_adapter(FLAGS.workdir, FLAGS.out, FLAGS.format, step=FLAGS.step,
-                        overwrite=FLAGS.overwrite)
+  info = export_adapter(
+    FLAGS.workdir, FLAGS.out, FLAGS.format, step=FLAGS.step, overwrite=FLAGS.overwrite
+  )
   print(f"exported step {info['step']} of {FLAGS.workdir} as {FLAGS.format} to {FLAGS.out}")
   print(json.dumps(info, indent=1))
 

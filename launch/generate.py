@@ -17,7 +17,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file (see configs/generate.py).", lock_config=True)
+  "config", None, "Config file (see configs/generate.py).", lock_config=True
+)
 flags.mark_flags_as_required(["config"])  # a clear usage error, before anything runs
 
 
@@ -40,16 +41,22 @@ def main(argv) -> None:
 
   prompts = generation.encode_prompts(tokenizer, [c.prompt], chat=c.chat)
   stops = generation.stop_ids_for(model, tokenizer)
-  kwargs = dict(max_new_tokens=c.max_new_tokens, stop_ids=stops,
-                sampling=generation.SamplingConfig(c.temperature, c.top_p, c.top_k),
-                rng=jax.random.key(c.seed))
+  kwargs = dict(
+    max_new_tokens=c.max_new_tokens,
+    stop_ids=stops,
+    sampling=generation.SamplingConfig(c.temperature, c.top_p, c.top_k),
+    rng=jax.random.key(c.seed),
+  )
   if c.warmup:
     first = generation.generate_ids(model, prompts, **kwargs)
   result = generation.generate_ids(model, prompts, **kwargs)
   if c.warmup:
-    logging.info("warm-up run (compilation included): prefill %.2f s, decode %.2f s; "
-                 "compilation ~ %.2f s", first.prefill_s, first.decode_s,
-                 first.prefill_s + first.decode_s - result.prefill_s - result.decode_s)
+    logging.info(
+      "warm-up run (compilation included): prefill %.2f s, decode %.2f s; compilation ~ %.2f s",
+      first.prefill_s,
+      first.decode_s,
+      first.prefill_s + first.decode_s - result.prefill_s - result.decode_s,
+    )
   answer = generation.decode_texts(tokenizer, result, stops)[0]
 
   prompt_tokens = int(result.prompt_lengths[0])
@@ -57,10 +64,15 @@ def main(argv) -> None:
   note = "" if c.warmup else " (first run: XLA compilation included)"
   print(f"prompt: {c.prompt}")
   print(f"answer: {answer}")
-  print(f"prefill: {prompt_tokens} tokens in {result.prefill_s:.3f} s = "
-        f"{prompt_tokens / result.prefill_s:.1f} tok/s{note}")
-  print(f"decode: {new_tokens} tokens in {result.decode_s:.3f} s = "
-        f"{new_tokens / result.decode_s:.1f} tok/s{note}", flush=True)
+  print(
+    f"prefill: {prompt_tokens} tokens in {result.prefill_s:.3f} s = "
+    f"{prompt_tokens / result.prefill_s:.1f} tok/s{note}"
+  )
+  print(
+    f"decode: {new_tokens} tokens in {result.decode_s:.3f} s = "
+    f"{new_tokens / result.decode_s:.1f} tok/s{note}",
+    flush=True,
+  )
 
 
 if __name__ == "__main__":

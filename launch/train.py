@@ -17,8 +17,9 @@ from ml_collections import config_flags
 
 from configs.common import build_model
 
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the report.",
-                    required=True)
+flags.DEFINE_string(
+  "workdir", None, "Directory for checkpoints, metrics and the report.", required=True
+)
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
 flags.DEFINE_integer("num_processes", None, "Number of JAX processes (multi-process).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
@@ -37,10 +38,12 @@ def build_rows(cfg):
   train, heldout = [], []
   for fam in cfg.families:
     lo = max(nb[0], synthetic.FAMILIES[fam].min_branches)
-    train += synthetic.generate(fam, "train", cfg.train_per_family, cfg.seed, (lo, nb[1]),
-                                cfg.difficulty)
-    heldout += synthetic.generate(fam, "heldout", cfg.eval_per_family, cfg.seed, (lo, nb[1]),
-                                  cfg.difficulty)
+    train += synthetic.generate(
+      fam, "train", cfg.train_per_family, cfg.seed, (lo, nb[1]), cfg.difficulty
+    )
+    heldout += synthetic.generate(
+      fam, "heldout", cfg.eval_per_family, cfg.seed, (lo, nb[1]), cfg.difficulty
+    )
   stats = RowStats()
   for path in cfg.extra_jsonl:
     source = JsonlSource(path)
@@ -57,18 +60,25 @@ def train_config(c):
   from ps_jax.train.step import OptimizerConfig  # pylint: disable=import-outside-toplevel
 
   return TrainConfig(
-      num_steps=c.train.num_steps, checkpoint_every=c.checkpoint.every_steps,
-      eval_every=c.train.eval_every, eval_batches=c.train.eval_batches,
-      max_checkpoints=c.checkpoint.max_to_keep,
-      pipeline=PipelineConfig(**c.pipeline), optimizer=OptimizerConfig(**c.optimizer),
-      adapter=AdapterConfig(**c.adapter), mesh=MeshConfig(**c.mesh))
+    num_steps=c.train.num_steps,
+    checkpoint_every=c.checkpoint.every_steps,
+    eval_every=c.train.eval_every,
+    eval_batches=c.train.eval_batches,
+    max_checkpoints=c.checkpoint.max_to_keep,
+    pipeline=PipelineConfig(**c.pipeline),
+    optimizer=OptimizerConfig(**c.optimizer),
+    adapter=AdapterConfig(**c.adapter),
+    mesh=MeshConfig(**c.mesh),
+  )
 
 
 def _quiet_orbax() -> None:
   """Orbax logs every save step at INFO; keep its warnings, drop the rest."""
   import logging as pylogging  # pylint: disable=import-outside-toplevel
+
   logging.get_absl_handler().addFilter(
-      lambda r: "orbax" not in r.pathname or r.levelno >= pylogging.WARNING)
+    lambda r: "orbax" not in r.pathname or r.levelno >= pylogging.WARNING
+  )
 
 
 def main(argv):
@@ -92,27 +102,42 @@ def main(argv):
   if jax.process_index() == 0:  # the run's config, for export and for the record
     with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
       f.write(c.to_json_best_effort(indent=1))
-  result = train(model, tokenizer, train_rows, heldout, cfg, FLAGS.workdir,
-                 row_stats=row_stats)
-  print(f"trained {result.last_step} steps; last loss "
-        f"{result.history[-1]['loss'] if result.history else float('nan'):.4f}")
+  result = train(model, tokenizer, train_rows, heldout, cfg, FLAGS.workdir, row_stats=row_stats)
+  print(
+    f"trained {result.last_step} steps; last loss "
+    f"{result.history[-1]['loss'] if result.history else float('nan'):.4f}"
+  )
   if not c.eval.enabled or jax.process_index() != 0:
     return
 
   def scorer(row, text):
     return synthetic.score(row.meta["family"], text, row.answer)
 
-  results = evaluate_methods(model, tokenizer, heldout, scorer=scorer, methods=c.eval.methods,
-                             adapter=result.adapter, max_new_tokens=c.eval.max_new_tokens,
-                             batch_size=c.eval.batch_size,
-                             group=lambda r: r.meta["family"])
+  results = evaluate_methods(
+    model,
+    tokenizer,
+    heldout,
+    scorer=scorer,
+    methods=c.eval.methods,
+    adapter=result.adapter,
+    max_new_tokens=c.eval.max_new_tokens,
+    batch_size=c.eval.batch_size,
+    group=lambda r: r.meta["family"],
+  )
   losses = [r["loss"] for r in result.history]
-  paths = write_report(results, FLAGS.workdir, name=c.eval.report_name,
-                       title="Parallel-Synthesis on the synthetic suite (held-out)",
-                       extra={"model": c.model.source, "train_steps": result.last_step,
-                              "train_rows": len(train_rows),
-                              "final_train_loss": losses[-1] if losses else None,
-                              "config": json.loads(c.to_json_best_effort())})
+  paths = write_report(
+    results,
+    FLAGS.workdir,
+    name=c.eval.report_name,
+    title="Parallel-Synthesis on the synthetic suite (held-out)",
+    extra={
+      "model": c.model.source,
+      "train_steps": result.last_step,
+      "train_rows": len(train_rows),
+      "final_train_loss": losses[-1] if losses else None,
+      "config": json.loads(c.to_json_best_effort()),
+    },
+  )
   print(open(paths["md"]).read())
 
 

@@ -10,7 +10,20 @@ from ps_jax.synthesis import METHODS, SynthesisResult, synthesis_logits, synthes
 from ps_jax.workers import encode_branches, run_workers
 
 __all__ = [
-    "Adapter", "BranchCaches", "Branches", "KVCache", "METHODS", "ModelConfig",
-    "SynthesisResult", "Transformer", "encode_branches", "generate", "load", "load_adapter",
-    "run_workers", "save_adapter", "synthesis_logits", "synthesize",
+  "Adapter",
+  "BranchCaches",
+  "Branches",
+  "KVCache",
+  "METHODS",
+  "ModelConfig",
+  "SynthesisResult",
+  "Transformer",
+  "encode_branches",
+  "generate",
+  "load",
+  "load_adapter",
+  "run_workers",
+  "save_adapter",
+  "synthesis_logits",
+  "synthesize",
 ]

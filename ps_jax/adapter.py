@@ -48,26 +48,37 @@ class ModelShape:
 
   @classmethod
   def of(cls, config: ModelConfig) -> "ModelShape":
-    return cls(num_layers=config.num_layers, hidden_size=config.hidden_size,
-               q_size=config.num_heads * config.head_dim,
-               kv_size=config.num_kv_heads * config.head_dim, num_heads=config.num_heads,
-               num_kv_heads=config.num_kv_heads, head_dim=config.head_dim)
+    return cls(
+      num_layers=config.num_layers,
+      hidden_size=config.hidden_size,
+      q_size=config.num_heads * config.head_dim,
+      kv_size=config.num_kv_heads * config.head_dim,
+      num_heads=config.num_heads,
+      num_kv_heads=config.num_kv_heads,
+      head_dim=config.head_dim,
+    )
 
   @classmethod
   def from_dict(cls, d: Any, where: str) -> "ModelShape":
     """From `as_dict` (or the older 5-field record without q_size/kv_size)."""
     names = [f.name for f in dataclasses.fields(cls)]
-    if not isinstance(d, Mapping) or set(d) - set(names) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in d.values()):
-      raise ValueError(f"{where}: model_shape {d!r} is not a record of positive integers "
-                       f"among {names}")
+    if (
+      not isinstance(d, Mapping)
+      or set(d) - set(names)
+      or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in d.values())
+    ):
+      raise ValueError(
+        f"{where}: model_shape {d!r} is not a record of positive integers among {names}"
+      )
     d = dict(d)
     for size, heads in (("q_size", "num_heads"), ("kv_size", "num_kv_heads")):
       if heads in d and "head_dim" in d:
         width = d.setdefault(size, d[heads] * d["head_dim"])
         if width != d[heads] * d["head_dim"]:
-          raise ValueError(f"{where}: model_shape {d} has {size}={width} != "
-                           f"{heads} * head_dim = {d[heads] * d['head_dim']}")
+          raise ValueError(
+            f"{where}: model_shape {d} has {size}={width} != "
+            f"{heads} * head_dim = {d[heads] * d['head_dim']}"
+          )
     missing = [n for n in ("num_layers", "hidden_size", "q_size", "kv_size") if n not in d]
     if missing:
       raise ValueError(f"{where}: model_shape {dict(d)} lacks {missing}")
@@ -100,16 +111,18 @@ def _projection_dims(shape: ModelShape) -> dict[str, tuple[int, int]]:
 class LoRA(nnx.Module):
   """Layer-stacked low-rank deltas: W x + scale * B(A(x)); B starts at zero."""
 
-  def __init__(self, config: ModelConfig | ModelShape, *, rank: int = 16, alpha: float = 32.0,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, config: ModelConfig | ModelShape, *, rank: int = 16, alpha: float = 32.0, rngs: nnx.Rngs
+  ):
     self.rank, self.alpha = rank, alpha
     shape = _shape(config)
     l = shape.num_layers
     self.a, self.b = nnx.Dict(), nnx.Dict()
     for name, (din, dout) in _projection_dims(shape).items():
-      bound = din ** -0.5  # kaiming-uniform(a=sqrt(5)) as PEFT initialises lora_A
-      self.a[name] = nnx.LoRAParam(jax.random.uniform(
-          rngs.params(), (l, din, rank), jnp.float32, -bound, bound))  # [L, in, r]
+      bound = din**-0.5  # kaiming-uniform(a=sqrt(5)) as PEFT initialises lora_A
+      self.a[name] = nnx.LoRAParam(
+        jax.random.uniform(rngs.params(), (l, din, rank), jnp.float32, -bound, bound)
+      )  # [L, in, r]
       self.b[name] = nnx.LoRAParam(jnp.zeros((l, rank, dout), jnp.float32))  # [L, r, out]
 
   @property
@@ -118,8 +131,10 @@ class LoRA(nnx.Module):
 
   def weights(self, dtype) -> dict:
     """The forward's LoRA input: {"q": {"a": [L, in, r], "b": [L, r, out]}, ...}."""
-    return {n: {"a": self.a[n][...].astype(dtype), "b": self.b[n][...].astype(dtype)}
-            for n in LORA_TARGETS}
+    return {
+      n: {"a": self.a[n][...].astype(dtype), "b": self.b[n][...].astype(dtype)}
+      for n in LORA_TARGETS
+    }
 
 
 class Adapter(nnx.Module):
@@ -128,24 +143,39 @@ class Adapter(nnx.Module):
   `config` is the base model's ModelConfig or just its ModelShape (all an adapter needs).
   """
 
-  def __init__(self, config: ModelConfig | ModelShape, *, mapper: CacheMapper | None,
-               lora: LoRA | None):
+  def __init__(
+    self, config: ModelConfig | ModelShape, *, mapper: CacheMapper | None, lora: LoRA | None
+  ):
     self.model_shape = _shape(config)
     self.mapper = mapper
     self.lora = lora
 
   @classmethod
-  def create(cls, config: ModelConfig | ModelShape, *, rank: int = 16, alpha: float = 32.0,
-             mapper_hidden_dim: int = 32, metadata_features: str = "both",
-             per_head_mapper: bool = False, seed: int = 0) -> "Adapter":
+  def create(
+    cls,
+    config: ModelConfig | ModelShape,
+    *,
+    rank: int = 16,
+    alpha: float = 32.0,
+    mapper_hidden_dim: int = 32,
+    metadata_features: str = "both",
+    per_head_mapper: bool = False,
+    seed: int = 0,
+  ) -> "Adapter":
     rngs = nnx.Rngs(seed)
     shape = _shape(config)
-    return cls(shape,
-               mapper=CacheMapper(shape.num_layers, shape.num_kv_heads,
-                                  hidden_dim=mapper_hidden_dim,
-                                  metadata_features=metadata_features,
-                                  per_head=per_head_mapper, rngs=rngs),
-               lora=LoRA(shape, rank=rank, alpha=alpha, rngs=rngs))
+    return cls(
+      shape,
+      mapper=CacheMapper(
+        shape.num_layers,
+        shape.num_kv_heads,
+        hidden_dim=mapper_hidden_dim,
+        metadata_features=metadata_features,
+        per_head=per_head_mapper,
+        rngs=rngs,
+      ),
+      lora=LoRA(shape, rank=rank, alpha=alpha, rngs=rngs),
+    )
 
   def check_compatible(self, config: ModelConfig | ModelShape) -> None:
     _check_same_model(self.model_shape, _shape(config))
@@ -153,8 +183,10 @@ class Adapter(nnx.Module):
 
 def _check_same_model(adapter: ModelShape, model: ModelShape, where: str = "") -> None:
   if adapter.differs_from(model):
-    raise ValueError(f"{where}{': ' if where else ''}adapter was made for a model with "
-                     f"{adapter}, but this model has {model}")
+    raise ValueError(
+      f"{where}{': ' if where else ''}adapter was made for a model with "
+      f"{adapter}, but this model has {model}"
+    )
 
 
 # ---------------------------------------------------------------------------- files
@@ -166,17 +198,24 @@ def save_adapter(adapter: Adapter, path: str, format: str = "orbax") -> None:  #
   if format not in ("orbax", "peft"):
     raise ValueError(f"format={format!r}; expected 'orbax' or 'peft'")
   if format == "peft" and adapter.mapper is not None and adapter.mapper.per_head:
-    raise ValueError("the per-head mapper ablation has no reference-format (peft) equivalent; "
-                     "save it with format='orbax'")
+    raise ValueError(
+      "the per-head mapper ablation has no reference-format (peft) equivalent; "
+      "save it with format='orbax'"
+    )
   path = os.path.abspath(path)
   os.makedirs(path, exist_ok=True)
   # peft: the reference files hold the settings; "lora"/"mapper" then say which must exist.
-  meta = {"format": format, "model_shape": adapter.model_shape.as_dict(),
-          "lora": None if adapter.lora is None else
-                  {"rank": adapter.lora.rank, "alpha": adapter.lora.alpha},
-          "mapper": None if adapter.mapper is None else _mapper_config(adapter.mapper)}
+  meta = {
+    "format": format,
+    "model_shape": adapter.model_shape.as_dict(),
+    "lora": None
+    if adapter.lora is None
+    else {"rank": adapter.lora.rank, "alpha": adapter.lora.alpha},
+    "mapper": None if adapter.mapper is None else _mapper_config(adapter.mapper),
+  }
   if format == "orbax":
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
     state = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(adapter)))
     with ocp.PyTreeCheckpointer() as ckptr:
       ckptr.save(os.path.join(path, "params"), state, force=True)
@@ -215,20 +254,24 @@ def load_adapter(path: str, config: ModelConfig | None = None) -> Adapter:
   has_lora = os.path.exists(os.path.join(path, PEFT_DIR, "adapter_config.json"))
   has_mapper = os.path.exists(os.path.join(path, MAPPER_FILE))
   if meta is not None:  # our export: the parts it wrote must all be there
-    for part, present, name in (("lora", has_lora, f"{PEFT_DIR}/adapter_config.json"),
-                                ("mapper", has_mapper, MAPPER_FILE)):
+    for part, present, name in (
+      ("lora", has_lora, f"{PEFT_DIR}/adapter_config.json"),
+      ("mapper", has_mapper, MAPPER_FILE),
+    ):
       if meta.get(part) is not None and not present:
         raise FileNotFoundError(f"{path}: {META_FILE} records a {part} but {name} is missing")
   elif not (has_lora or has_mapper):
-    raise FileNotFoundError(f"{path}: neither our {META_FILE} nor a reference "
-                            f"{PEFT_DIR}/ or {MAPPER_FILE} found")
+    raise FileNotFoundError(
+      f"{path}: neither our {META_FILE} nor a reference {PEFT_DIR}/ or {MAPPER_FILE} found"
+    )
   shape = given or recorded
   if shape is None:
     if not has_lora:
       raise ValueError(
-          f"{path}: a {MAPPER_FILE} without {PEFT_DIR}/ or {META_FILE} does not say how many "
-          "layers the base model has (the mapper's layer feature needs it); pass the model's "
-          "config: load_adapter(path, model.config)")
+        f"{path}: a {MAPPER_FILE} without {PEFT_DIR}/ or {META_FILE} does not say how many "
+        "layers the base model has (the mapper's layer feature needs it); pass the model's "
+        "config: load_adapter(path, model.config)"
+      )
     shape = _infer_peft_shape(os.path.join(path, PEFT_DIR))
   lora = _load_peft(os.path.join(path, PEFT_DIR), shape) if has_lora else None
   mapper = _load_reference_mapper(path, shape) if has_mapper else None
@@ -245,20 +288,30 @@ def _read_json(path: str):
 
 def _load_orbax(path: str, meta: dict, shape: ModelShape) -> Adapter:
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   rngs = nnx.Rngs(0)
   m, lo = meta.get("mapper"), meta.get("lora")
   try:
     adapter = Adapter(
-        shape,
-        mapper=None if m is None else CacheMapper(
-            shape.num_layers, shape.num_kv_heads, hidden_dim=int(m["hidden_dim"]),
-            metadata_features=m["metadata_features"], per_head=bool(m.get("per_head", False)),
-            rngs=rngs),
-        lora=None if lo is None else LoRA(shape, rank=int(lo["rank"]), alpha=float(lo["alpha"]),
-                                          rngs=rngs))
+      shape,
+      mapper=None
+      if m is None
+      else CacheMapper(
+        shape.num_layers,
+        shape.num_kv_heads,
+        hidden_dim=int(m["hidden_dim"]),
+        metadata_features=m["metadata_features"],
+        per_head=bool(m.get("per_head", False)),
+        rngs=rngs,
+      ),
+      lora=None
+      if lo is None
+      else LoRA(shape, rank=int(lo["rank"]), alpha=float(lo["alpha"]), rngs=rngs),
+    )
   except (KeyError, TypeError) as e:
-    raise ValueError(f"{os.path.join(path, META_FILE)}: malformed lora/mapper record "
-                     f"({type(e).__name__}: {e})") from e
+    raise ValueError(
+      f"{os.path.join(path, META_FILE)}: malformed lora/mapper record ({type(e).__name__}: {e})"
+    ) from e
   # Orbax keeps arrays in tensorstore and the tree in JSON metadata: no pickle involved.
   with ocp.PyTreeCheckpointer() as ckptr:
     restored = ckptr.restore(os.path.join(path, "params"))
@@ -276,22 +329,27 @@ def _check_tree_shapes(expected, got, source: str, prefix: str = "") -> None:
     if isinstance(value, dict):
       _check_tree_shapes(value, got[key], source, name)
     elif tuple(np.shape(got[key])) != tuple(np.shape(value)):
-      raise ValueError(f"{source}: tensor {name} has shape {tuple(np.shape(got[key]))}, "
-                       f"expected {tuple(np.shape(value))}")
+      raise ValueError(
+        f"{source}: tensor {name} has shape {tuple(np.shape(got[key]))}, "
+        f"expected {tuple(np.shape(value))}"
+      )
 
 
 def _mapper_config(mapper: CacheMapper) -> dict:
-  return {"hidden_dim": mapper.hidden_dim, "metadata_features": mapper.metadata_features,
-          "per_head": mapper.per_head}
+  return {
+    "hidden_dim": mapper.hidden_dim,
+    "metadata_features": mapper.metadata_features,
+    "per_head": mapper.per_head,
+  }
 
 
 def _peft_key(layer: int, target: str, ab: str) -> str:
-  return (f"base_model.model.model.layers.{layer}.self_attn.{_PEFT_MODULE[target]}"
-          f".lora_{ab}.weight")
+  return f"base_model.model.model.layers.{layer}.self_attn.{_PEFT_MODULE[target]}.lora_{ab}.weight"
 
 
 def _save_peft(adapter: Adapter, folder: str) -> None:
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
   os.makedirs(folder, exist_ok=True)
   lora = adapter.lora
   tensors = {}
@@ -302,16 +360,27 @@ def _save_peft(adapter: Adapter, folder: str) -> None:
       tensors[_peft_key(i, t, "B")] = np.ascontiguousarray(b[i].T)  # [out, r]
   save_file(tensors, os.path.join(folder, "adapter_model.safetensors"))
   with open(os.path.join(folder, "adapter_config.json"), "w") as f:
-    json.dump({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": lora.rank,
-               "lora_alpha": lora.alpha, "lora_dropout": 0.0, "bias": "none",
-               "use_rslora": False, "target_modules": [_PEFT_MODULE[t] for t in LORA_TARGETS]},
-              f, indent=1)
+    json.dump(
+      {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "use_rslora": False,
+        "target_modules": [_PEFT_MODULE[t] for t in LORA_TARGETS],
+      },
+      f,
+      indent=1,
+    )
 
 
 def _infer_peft_shape(folder: str) -> ModelShape:
   """The model shape a reference LoRA implies: layer count from its keys, widths from layer 0
   (every tensor is then checked against it). The head split stays unknown."""
   from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+
   file = os.path.join(folder, "adapter_model.safetensors")
   with safe_open(file, framework="numpy") as f:
     names = set(f.keys())
@@ -320,11 +389,14 @@ def _infer_peft_shape(folder: str) -> ModelShape:
     for t, ab, axis in (("q", "A", 1), ("q", "B", 0), ("k", "B", 0)):
       name = _peft_name(names, _peft_key(0, t, ab))
       if name is None:
-        raise ValueError(f"{file}: no tensor {_peft_key(0, t, ab)!r} to infer the model shape "
-                         "from; pass the model's config: load_adapter(path, model.config)")
+        raise ValueError(
+          f"{file}: no tensor {_peft_key(0, t, ab)!r} to infer the model shape "
+          "from; pass the model's config: load_adapter(path, model.config)"
+        )
       widths[t + ab] = int(f.get_slice(name).get_shape()[axis])
-  return ModelShape(num_layers=max(layers) + 1, hidden_size=widths["qA"], q_size=widths["qB"],
-                    kv_size=widths["kB"])
+  return ModelShape(
+    num_layers=max(layers) + 1, hidden_size=widths["qA"], q_size=widths["qB"], kv_size=widths["kB"]
+  )
 
 
 def _peft_name(names, key: str) -> str | None:
@@ -335,23 +407,28 @@ def _peft_name(names, key: str) -> str | None:
 
 def _load_peft(folder: str, shape: ModelShape) -> LoRA:
   from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+
   cfg = _read_json(os.path.join(folder, "adapter_config.json"))
   targets = set(cfg.get("target_modules") or [])
   if targets != set(_PEFT_MODULE.values()):
-    raise ValueError(f"{folder}: LoRA target_modules {sorted(targets)}; ps_jax supports "
-                     f"exactly {sorted(_PEFT_MODULE.values())}")
+    raise ValueError(
+      f"{folder}: LoRA target_modules {sorted(targets)}; ps_jax supports "
+      f"exactly {sorted(_PEFT_MODULE.values())}"
+    )
   rank = int(cfg["r"])
   alpha = float(cfg["lora_alpha"])
   if cfg.get("use_rslora"):
-    alpha = alpha * rank ** 0.5  # rsLoRA scales by alpha / sqrt(r); fold it into alpha / r
+    alpha = alpha * rank**0.5  # rsLoRA scales by alpha / sqrt(r); fold it into alpha / r
   lora = LoRA(shape, rank=rank, alpha=alpha, rngs=nnx.Rngs(0))
   dims = _projection_dims(shape)
   with safe_open(os.path.join(folder, "adapter_model.safetensors"), framework="numpy") as f:
     names = set(f.keys())
     deeper = sorted(n for n in names if _layer_of(n) >= shape.num_layers)
     if deeper:
-      raise ValueError(f"{folder}: LoRA has tensors for layer {_layer_of(deeper[0])} (e.g. "
-                       f"{deeper[0]!r}) but the model has {shape.num_layers} layers")
+      raise ValueError(
+        f"{folder}: LoRA has tensors for layer {_layer_of(deeper[0])} (e.g. "
+        f"{deeper[0]!r}) but the model has {shape.num_layers} layers"
+      )
 
     def get(key, want):
       name = _peft_name(names, key)
@@ -359,18 +436,25 @@ def _load_peft(folder: str, shape: ModelShape) -> LoRA:
         raise ValueError(f"{folder}: missing tensor {key!r}")
       x = f.get_tensor(name)
       if tuple(x.shape) != want:
-        raise ValueError(f"{folder}: tensor {name!r} has shape {tuple(x.shape)}, "
-                         f"expected {want} for this model")
+        raise ValueError(
+          f"{folder}: tensor {name!r} has shape {tuple(x.shape)}, expected {want} for this model"
+        )
       return x
 
     for t in LORA_TARGETS:
       din, dout = dims[t]
-      lora.a[t] = nnx.LoRAParam(jnp.asarray(np.stack(
-          [get(_peft_key(i, t, "A"), (rank, din)).T for i in range(shape.num_layers)]),
-          jnp.float32))
-      lora.b[t] = nnx.LoRAParam(jnp.asarray(np.stack(
-          [get(_peft_key(i, t, "B"), (dout, rank)).T for i in range(shape.num_layers)]),
-          jnp.float32))
+      lora.a[t] = nnx.LoRAParam(
+        jnp.asarray(
+          np.stack([get(_peft_key(i, t, "A"), (rank, din)).T for i in range(shape.num_layers)]),
+          jnp.float32,
+        )
+      )
+      lora.b[t] = nnx.LoRAParam(
+        jnp.asarray(
+          np.stack([get(_peft_key(i, t, "B"), (dout, rank)).T for i in range(shape.num_layers)]),
+          jnp.float32,
+        )
+      )
   return lora
 
 
@@ -381,16 +465,20 @@ def _layer_of(name: str) -> int:
 
 def _save_reference_mapper(mapper: CacheMapper, folder: str) -> None:
   import torch  # pylint: disable=import-outside-toplevel
+
   if mapper.per_head:
     raise ValueError("the per-head mapper ablation has no reference-format equivalent")
-  state = {"net.0.weight": torch.tensor(np.asarray(mapper.w1[...]).T.copy()),
-           "net.0.bias": torch.tensor(np.asarray(mapper.b1[...])),
-           "net.2.weight": torch.tensor(np.asarray(mapper.w2[...]).T.copy()),
-           "net.2.bias": torch.tensor(np.asarray(mapper.b2[...]))}
+  state = {
+    "net.0.weight": torch.tensor(np.asarray(mapper.w1[...]).T.copy()),
+    "net.0.bias": torch.tensor(np.asarray(mapper.b1[...])),
+    "net.2.weight": torch.tensor(np.asarray(mapper.w2[...]).T.copy()),
+    "net.2.bias": torch.tensor(np.asarray(mapper.b2[...])),
+  }
   torch.save(state, os.path.join(folder, MAPPER_FILE))
   with open(os.path.join(folder, MAPPER_CONFIG), "w") as f:
-    json.dump({"hidden_dim": mapper.hidden_dim,
-               "metadata_features": mapper.metadata_features}, f, indent=1)
+    json.dump(
+      {"hidden_dim": mapper.hidden_dim, "metadata_features": mapper.metadata_features}, f, indent=1
+    )
 
 
 def _read_mapper_state(file: str) -> dict:
@@ -399,14 +487,18 @@ def _read_mapper_state(file: str) -> dict:
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise ImportError(f"reading {file} (a torch state dict) needs torch: "
-                      "pip install 'ps_jax[test]' or torch") from e
+    raise ImportError(
+      f"reading {file} (a torch state dict) needs torch: pip install 'ps_jax[test]' or torch"
+    ) from e
   import pickle  # pylint: disable=import-outside-toplevel
+
   try:
     raw = torch.load(file, map_location="cpu", weights_only=True)
   except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-    raise ValueError(f"{file}: refused: not a plain torch state dict of tensors (only tensors "
-                     f"and plain values are read, nothing else is unpickled): {e}") from e
+    raise ValueError(
+      f"{file}: refused: not a plain torch state dict of tensors (only tensors "
+      f"and plain values are read, nothing else is unpickled): {e}"
+    ) from e
   if not isinstance(raw, dict):
     raise ValueError(f"{file}: expected a torch state dict, got {type(raw).__name__}")
   return raw
@@ -419,13 +511,21 @@ def _load_reference_mapper(folder: str, shape: ModelShape) -> CacheMapper:
   raw = _read_mapper_state(file)
   state = raw.get("state_dict", raw)
   cfg = {**{k: raw[k] for k in ("hidden_dim", "metadata_features") if k in raw}, **cfg}
-  mapper = CacheMapper(shape.num_layers, shape.num_kv_heads,
-                       hidden_dim=int(cfg.get("hidden_dim", 32)),
-                       metadata_features=cfg.get("metadata_features", "both"),
-                       rngs=nnx.Rngs(0))
+  mapper = CacheMapper(
+    shape.num_layers,
+    shape.num_kv_heads,
+    hidden_dim=int(cfg.get("hidden_dim", 32)),
+    metadata_features=cfg.get("metadata_features", "both"),
+    rngs=nnx.Rngs(0),
+  )
   import torch  # pylint: disable=import-outside-toplevel
-  for ours, theirs, transpose in (("w1", "net.0.weight", True), ("b1", "net.0.bias", False),
-                                  ("w2", "net.2.weight", True), ("b2", "net.2.bias", False)):
+
+  for ours, theirs, transpose in (
+    ("w1", "net.0.weight", True),
+    ("b1", "net.0.bias", False),
+    ("w2", "net.2.weight", True),
+    ("b2", "net.2.bias", False),
+  ):
     if not isinstance(state, dict) or theirs not in state:
       raise ValueError(f"{file}: missing tensor {theirs!r}")
     if not isinstance(state[theirs], torch.Tensor):
@@ -434,8 +534,10 @@ def _load_reference_mapper(folder: str, shape: ModelShape) -> CacheMapper:
     x = x.T if transpose else x
     expected = getattr(mapper, ours).shape
     if x.shape != expected:
-      raise ValueError(f"{file}: tensor {theirs!r} has shape "
-                       f"{tuple(x.T.shape if transpose else x.shape)}, expected "
-                       f"{tuple(expected[::-1] if transpose else expected)}")
+      raise ValueError(
+        f"{file}: tensor {theirs!r} has shape "
+        f"{tuple(x.T.shape if transpose else x.shape)}, expected "
+        f"{tuple(expected[::-1] if transpose else expected)}"
+      )
     setattr(mapper, ours, MapperParam(jnp.asarray(x)))
   return mapper

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 # Default length buckets: powers of two from 16 (prompt and branch lengths).
-DEFAULT_LENGTH_BUCKETS = tuple(2 ** i for i in range(4, 16))
+DEFAULT_LENGTH_BUCKETS = tuple(2**i for i in range(4, 16))
 
 
 def bucket(n: int, buckets: Sequence[int], *, what: str) -> int:

@@ -26,28 +26,41 @@ class MapperParam(nnx.Param):
 
 
 class CacheMapper(nnx.Module):
-
-  def __init__(self, num_layers: int, num_kv_heads: int | None, *, hidden_dim: int = 32,
-               metadata_features: str = "both", per_head: bool = False,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    num_layers: int,
+    num_kv_heads: int | None,
+    *,
+    hidden_dim: int = 32,
+    metadata_features: str = "both",
+    per_head: bool = False,
+    rngs: nnx.Rngs,
+  ):
     """num_kv_heads may be None for the shared (per_head=False) mapper, whose coefficients
     broadcast over the heads (a reference adapter read without a model config)."""
     if metadata_features not in METADATA_FEATURES:
-      raise ValueError(f"metadata_features={metadata_features!r}; expected one of "
-                       f"{METADATA_FEATURES}")
+      raise ValueError(
+        f"metadata_features={metadata_features!r}; expected one of {METADATA_FEATURES}"
+      )
     if per_head and num_kv_heads is None:
       raise ValueError("per_head=True needs num_kv_heads (one output group per KV head)")
     self.num_layers, self.num_kv_heads = num_layers, num_kv_heads
     self.hidden_dim, self.metadata_features, self.per_head = (
-        hidden_dim, metadata_features, per_head)
-    din = 1 + (metadata_features in ("both", "length")) + (
-        metadata_features in ("both", "num_agents"))
+      hidden_dim,
+      metadata_features,
+      per_head,
+    )
+    din = (
+      1 + (metadata_features in ("both", "length")) + (metadata_features in ("both", "num_agents"))
+    )
     dout = 4 * (num_kv_heads if per_head else 1)
-    bound = din ** -0.5  # torch.nn.Linear's default init range
-    self.w1 = MapperParam(jax.random.uniform(rngs.params(), (din, hidden_dim), jnp.float32,
-                                             -bound, bound))  # [in, hidden]
-    self.b1 = MapperParam(jax.random.uniform(rngs.params(), (hidden_dim,), jnp.float32,
-                                             -bound, bound))  # [hidden]
+    bound = din**-0.5  # torch.nn.Linear's default init range
+    self.w1 = MapperParam(
+      jax.random.uniform(rngs.params(), (din, hidden_dim), jnp.float32, -bound, bound)
+    )  # [in, hidden]
+    self.b1 = MapperParam(
+      jax.random.uniform(rngs.params(), (hidden_dim,), jnp.float32, -bound, bound)
+    )  # [hidden]
     self.w2 = MapperParam(jnp.zeros((hidden_dim, dout), jnp.float32))  # [hidden, 4 or 4K]
     self.b2 = MapperParam(jnp.zeros((dout,), jnp.float32))  # [4 or 4K]
 
@@ -58,8 +71,9 @@ class CacheMapper(nnx.Module):
     if self.metadata_features in ("both", "length"):
       per_branch.append(jnp.log1p(jnp.maximum(lengths, 1).astype(jnp.float32)))
     if self.metadata_features in ("both", "num_agents"):
-      per_branch.append(jnp.broadcast_to(
-          jnp.log1p(jnp.maximum(num_agents, 1).astype(jnp.float32)), lengths.shape))
+      per_branch.append(
+        jnp.broadcast_to(jnp.log1p(jnp.maximum(num_agents, 1).astype(jnp.float32)), lengths.shape)
+      )
     layer_pos = jnp.arange(self.num_layers, dtype=jnp.float32) / max(self.num_layers - 1, 1)
     shape = (self.num_layers, *lengths.shape)
     cols = [jnp.broadcast_to(f, shape) for f in per_branch]

@@ -22,15 +22,15 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # logical axis -> mesh axes. A mesh axis that does not divide a dimension is dropped for that
 # dimension (e.g. 3 kv heads on tensor=2 stay replicated), so any mesh can hold any model.
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("q_heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("mlp", "tensor"),
-    ("layers", None),
-    ("head_dim", None),
-    ("length", None),
+  ("batch", ("data", "fsdp")),
+  ("vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("q_heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("mlp", "tensor"),
+  ("layers", None),
+  ("head_dim", None),
+  ("length", None),
 )
 
 
@@ -43,8 +43,9 @@ class MeshConfig:
   tensor: int = 1
 
 
-def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] | None = None
-              ) -> Mesh:
+def make_mesh(
+  config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] | None = None
+) -> Mesh:
   devices = list(devices if devices is not None else jax.devices())
   shape = [config.data, config.fsdp, config.tensor]
   if shape.count(-1) > 1:
@@ -56,13 +57,13 @@ def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] |
     shape[shape.index(-1)] = len(devices) // known
   if math.prod(shape) > len(devices):
     raise ValueError(f"mesh {config} needs {math.prod(shape)} devices, {len(devices)} given")
-  devices = devices[:math.prod(shape)]  # a fully specified smaller mesh uses the first ones
-  return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
-                       devices=devices)
+  devices = devices[: math.prod(shape)]  # a fully specified smaller mesh uses the first ones
+  return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
-def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-                    rules=DEFAULT_RULES) -> PartitionSpec:
+def logical_to_spec(
+  names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules=DEFAULT_RULES
+) -> PartitionSpec:
   """PartitionSpec for an array with the given logical axis names and shape."""
   table = dict(rules)
   used: set[str] = set()
@@ -110,8 +111,11 @@ def sharded_forward(model: nnx.Module, mesh: Mesh, rules=DEFAULT_RULES):
   shardings = state_shardings(state, mesh, rules)
   tokens_sharding = batch_sharding(mesh, 2, rules)
 
-  @functools.partial(jax.jit, in_shardings=(shardings, tokens_sharding, tokens_sharding),
-                     out_shardings=batch_sharding(mesh, 3, rules))
+  @functools.partial(
+    jax.jit,
+    in_shardings=(shardings, tokens_sharding, tokens_sharding),
+    out_shardings=batch_sharding(mesh, 3, rules),
+  )
   def forward(params, tokens, positions):
     logits, _ = nnx.merge(graphdef, params)(tokens, positions)
     return logits

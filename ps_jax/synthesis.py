@@ -26,8 +26,16 @@ from ps_jax.adapter import Adapter
 from ps_jax.buckets import DEFAULT_LENGTH_BUCKETS
 from ps_jax.cache import PrefixKV
 from ps_jax.cache.branches import BranchCaches, Branches
-from ps_jax.generation import (SamplingConfig, check_count, check_token_ids, decode_texts,
-                               encode_prompts, generate_ids, require_tokenizer, stop_ids_for)
+from ps_jax.generation import (
+  SamplingConfig,
+  check_count,
+  check_token_ids,
+  decode_texts,
+  encode_prompts,
+  generate_ids,
+  require_tokenizer,
+  stop_ids_for,
+)
 from ps_jax.model import ModelConfig, Transformer
 from ps_jax.model.rope import inverse_frequencies
 from ps_jax.prompts import PromptTemplates
@@ -36,10 +44,10 @@ from ps_jax.typing import Array
 
 # method -> (uses mapper, uses LoRA)
 CACHE_METHODS = {
-    "pcw": (False, False),
-    "mapper_only": (True, False),
-    "lora_only": (False, True),
-    "parallel_synthesis": (True, True),
+  "pcw": (False, False),
+  "mapper_only": (True, False),
+  "lora_only": (False, True),
+  "parallel_synthesis": (True, True),
 }
 METHODS = ("text", *CACHE_METHODS)
 
@@ -72,8 +80,10 @@ def _adapter_parts(adapter: Adapter | None, method: str, model: Transformer, dty
 
 def check_caches(model: Transformer, caches: BranchCaches) -> None:
   if caches.model_fingerprint != model.config.fingerprint:
-    raise ValueError("branch caches come from a different model: "
-                     f"{caches.model_fingerprint!r} != {model.config.fingerprint!r}")
+    raise ValueError(
+      "branch caches come from a different model: "
+      f"{caches.model_fingerprint!r} != {model.config.fingerprint!r}"
+    )
 
 
 def build_prefix(config: ModelConfig, caches: BranchCaches, mapper=None) -> tuple[PrefixKV, Array]:
@@ -84,52 +94,72 @@ def build_prefix(config: ModelConfig, caches: BranchCaches, mapper=None) -> tupl
   return caches.merged(), caches.max_length()
 
 
-def synthesis_hidden(model: Transformer, caches: BranchCaches, tokens: Array,
-                     lengths: Array | None = None, *, mapper=None, lora=None,
-                     lora_scale: float = 0.0) -> Array:
+def synthesis_hidden(
+  model: Transformer,
+  caches: BranchCaches,
+  tokens: Array,
+  lengths: Array | None = None,
+  *,
+  mapper=None,
+  lora=None,
+  lora_scale: float = 0.0,
+) -> Array:
   """Final hidden states [B, T, D] of synthesizer tokens [B, T] placed at Lmax + t over the
   branches: the one forward of all cache methods (generation, training and tests)."""
   prefix, lmax = build_prefix(model.config, caches, mapper)
   positions = lmax[:, None] + jnp.arange(tokens.shape[1])[None, :]
-  hidden, _ = model.hidden_states(tokens, positions, None, lengths=lengths, prefix=prefix,
-                                  lora=lora, lora_scale=lora_scale)
+  hidden, _ = model.hidden_states(
+    tokens, positions, None, lengths=lengths, prefix=prefix, lora=lora, lora_scale=lora_scale
+  )
   return hidden
 
 
-def synthesis_forward(model: Transformer, caches: BranchCaches, tokens: Array,
-                      lengths: Array | None = None, **kwargs) -> Array:
+def synthesis_forward(
+  model: Transformer, caches: BranchCaches, tokens: Array, lengths: Array | None = None, **kwargs
+) -> Array:
   """Logits [B, T, V] of `synthesis_hidden`."""
   return model.logits(synthesis_hidden(model, caches, tokens, lengths, **kwargs))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mapper_graphdef", "lora_scale"))
-def _synthesis_logits(graphdef, params, mapper_graphdef, mapper_params, lora, caches, tokens,
-                      lengths, *, lora_scale):
+def _synthesis_logits(
+  graphdef, params, mapper_graphdef, mapper_params, lora, caches, tokens, lengths, *, lora_scale
+):
   model = nnx.merge(graphdef, params)
   mapper = None if mapper_graphdef is None else nnx.merge(mapper_graphdef, mapper_params)
-  return synthesis_forward(model, caches, tokens, lengths, mapper=mapper, lora=lora,
-                           lora_scale=lora_scale)
+  return synthesis_forward(
+    model, caches, tokens, lengths, mapper=mapper, lora=lora, lora_scale=lora_scale
+  )
 
 
 def _split_optional(module):
   return (None, None) if module is None else nnx.split(module)
 
 
-def synthesis_logits(model: Transformer, branches: Branches | BranchCaches, synth_tokens,
-                     method: str = "parallel_synthesis", adapter: Adapter | None = None,
-                     lengths=None) -> Array:
+def synthesis_logits(
+  model: Transformer,
+  branches: Branches | BranchCaches,
+  synth_tokens,
+  method: str = "parallel_synthesis",
+  adapter: Adapter | None = None,
+  lengths=None,
+) -> Array:
   """Logits [B, T, V] for synth_tokens [B, T] (no template added); cache methods only."""
   _check_method(method)
   if method == "text":
-    raise ValueError("synthesis_logits serves the cache methods; for `text` run the model on "
-                     "the concatenated prompt")
+    raise ValueError(
+      "synthesis_logits serves the cache methods; for `text` run the model on "
+      "the concatenated prompt"
+    )
   caches = branches.caches if isinstance(branches, Branches) else branches
   check_caches(model, caches)
   tokens = np.asarray(synth_tokens)
   num_examples = caches.lengths.shape[0]
   if tokens.ndim != 2 or tokens.shape[0] != num_examples:
-    raise ValueError(f"synth_tokens has shape {tokens.shape}; expected [B, T] with "
-                     f"B={num_examples}, the number of examples of the branches")
+    raise ValueError(
+      f"synth_tokens has shape {tokens.shape}; expected [B, T] with "
+      f"B={num_examples}, the number of examples of the branches"
+    )
   if lengths is not None and np.shape(lengths) != (num_examples,):
     raise ValueError(f"lengths has shape {np.shape(lengths)}; expected ({num_examples},)")
   check_token_ids(tokens, model.config.vocab_size, what="synth_tokens")
@@ -137,9 +167,17 @@ def synthesis_logits(model: Transformer, branches: Branches | BranchCaches, synt
   graphdef, params = nnx.split(model)
   mapper_graphdef, mapper_params = _split_optional(mapper)
   tokens = jnp.asarray(tokens, jnp.int32)
-  return _synthesis_logits(graphdef, params, mapper_graphdef, mapper_params, lora, caches,
-                           tokens, None if lengths is None else jnp.asarray(lengths, jnp.int32),
-                           lora_scale=float(scale))
+  return _synthesis_logits(
+    graphdef,
+    params,
+    mapper_graphdef,
+    mapper_params,
+    lora,
+    caches,
+    tokens,
+    None if lengths is None else jnp.asarray(lengths, jnp.int32),
+    lora_scale=float(scale),
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("config", "mapper_graphdef"))
@@ -149,16 +187,16 @@ def _build_prefix(config, mapper_graphdef, mapper_params, caches):
 
 
 def synthesize(
-    model: Transformer,
-    tokenizer,
-    branches: Branches,
-    questions: Sequence[str],
-    method: str = "parallel_synthesis",
-    adapter: Adapter | None = None,
-    max_new_tokens: int = 256,
-    *,
-    templates: PromptTemplates = PromptTemplates(),
-    length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
+  model: Transformer,
+  tokenizer,
+  branches: Branches,
+  questions: Sequence[str],
+  method: str = "parallel_synthesis",
+  adapter: Adapter | None = None,
+  max_new_tokens: int = 256,
+  *,
+  templates: PromptTemplates = PromptTemplates(),
+  length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
 ) -> SynthesisResult:
   """The synthesizer's greedy answer to each question given its example's branches."""
   _check_method(method)
@@ -167,12 +205,19 @@ def synthesize(
     raise ValueError(f"{len(questions)} questions for {branches.batch_size} examples of branches")
   if method != "text":
     check_caches(model, branches.caches)
-  require_tokenizer(tokenizer, caller="synthesize",
-                    why="the questions are text in the synthesizer's chat template and the "
-                        "answers are decoded to text")
+  require_tokenizer(
+    tokenizer,
+    caller="synthesize",
+    why="the questions are text in the synthesizer's chat template and the "
+    "answers are decoded to text",
+  )
   stops = stop_ids_for(model, tokenizer)
-  common = dict(max_new_tokens=max_new_tokens, stop_ids=stops, sampling=SamplingConfig(),
-                length_buckets=length_buckets)
+  common = dict(
+    max_new_tokens=max_new_tokens,
+    stop_ids=stops,
+    sampling=SamplingConfig(),
+    length_buckets=length_buckets,
+  )
   if method == "text":
     prompts = [templates.text_synthesizer_messages(q, t) for q, t in zip(questions, branches.texts)]
     ids = encode_prompts(tokenizer, prompts)
@@ -181,11 +226,24 @@ def synthesize(
   else:
     mapper, lora, scale = _adapter_parts(adapter, method, model, model.dtype)
     mapper_graphdef, mapper_params = _split_optional(mapper)
-    (prefix, lmax), prefix_s = timed_call(_build_prefix, model.config, mapper_graphdef,
-                                          mapper_params, branches.caches)
+    (prefix, lmax), prefix_s = timed_call(
+      _build_prefix, model.config, mapper_graphdef, mapper_params, branches.caches
+    )
     ids = encode_prompts(tokenizer, [templates.latent_synthesizer_messages(q) for q in questions])
-    result = generate_ids(model, ids, prefix=prefix, position_offsets=np.asarray(lmax),
-                          lora=lora, lora_scale=scale, **common)
+    result = generate_ids(
+      model,
+      ids,
+      prefix=prefix,
+      position_offsets=np.asarray(lmax),
+      lora=lora,
+      lora_scale=scale,
+      **common,
+    )
     ttft = prefix_s + result.prefill_s
-  return SynthesisResult(method=method, texts=decode_texts(tokenizer, result, stops), ttft_s=ttft,
-                         prompt_tokens=result.prompt_lengths, generated_tokens=result.num_tokens)
+  return SynthesisResult(
+    method=method,
+    texts=decode_texts(tokenizer, result, stops),
+    ttft_s=ttft,
+    prompt_tokens=result.prompt_lengths,
+    generated_tokens=result.num_tokens,
+  )

@@ -18,8 +18,15 @@ from flax import nnx
 from ps_jax.buckets import DEFAULT_LENGTH_BUCKETS, bucket
 from ps_jax.cache import KVCache
 from ps_jax.cache.branches import BranchCaches, Branches, gather_slots
-from ps_jax.generation import (SamplingConfig, check_count, check_token_ids, encode_prompts,
-                               generate_ids, require_tokenizer, stop_ids_for)
+from ps_jax.generation import (
+  SamplingConfig,
+  check_count,
+  check_token_ids,
+  encode_prompts,
+  generate_ids,
+  require_tokenizer,
+  stop_ids_for,
+)
 from ps_jax.model import Transformer
 from ps_jax.prompts import PromptTemplates
 from ps_jax.typing import Array
@@ -28,18 +35,18 @@ DEFAULT_BRANCH_BUCKETS = (1, 2, 4, 8)
 
 
 def run_workers(
-    model: Transformer,
-    tokenizer,
-    prompts: Sequence[str] | Sequence[Sequence[str]],
-    num_branches: int = 3,
-    max_new_tokens: int = 256,
-    rng: Array | None = None,
-    *,
-    temperature: float = 0.6,
-    top_p: float = 0.95,
-    templates: PromptTemplates = PromptTemplates(),
-    branch_buckets: Sequence[int] = DEFAULT_BRANCH_BUCKETS,
-    length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
+  model: Transformer,
+  tokenizer,
+  prompts: Sequence[str] | Sequence[Sequence[str]],
+  num_branches: int = 3,
+  max_new_tokens: int = 256,
+  rng: Array | None = None,
+  *,
+  temperature: float = 0.6,
+  top_p: float = 0.95,
+  templates: PromptTemplates = PromptTemplates(),
+  branch_buckets: Sequence[int] = DEFAULT_BRANCH_BUCKETS,
+  length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
 ) -> Branches:
   """Decodes the workers of every example together and returns their Branches.
 
@@ -58,40 +65,59 @@ def run_workers(
     branches_per_example = [num_branches] * len(prompts)
   else:
     if any(isinstance(p, str) or not p for p in prompts):
-      raise ValueError("prompts must be all questions (str) or all non-empty lists of "
-                       "per-branch questions")
+      raise ValueError(
+        "prompts must be all questions (str) or all non-empty lists of per-branch questions"
+      )
     questions = [q for p in prompts for q in p]
     per_row, branches_per_example = 1, [len(p) for p in prompts]
   _check_branch_count(branches_per_example, branch_buckets)
-  require_tokenizer(tokenizer, caller="run_workers",
-                    why="the worker prompts are text in a chat template and branch outputs are "
-                        "decoded to text")
+  require_tokenizer(
+    tokenizer,
+    caller="run_workers",
+    why="the worker prompts are text in a chat template and branch outputs are decoded to text",
+  )
   ids = encode_prompts(tokenizer, [templates.worker_messages(q) for q in questions])
   stops = stop_ids_for(model, tokenizer)
-  result = generate_ids(model, ids, max_new_tokens=max_new_tokens, stop_ids=stops,
-                        sampling=sampling, rng=rng,
-                        num_samples=per_row, length_buckets=length_buckets)
+  result = generate_ids(
+    model,
+    ids,
+    max_new_tokens=max_new_tokens,
+    stop_ids=stops,
+    sampling=sampling,
+    rng=rng,
+    num_samples=per_row,
+    length_buckets=length_buckets,
+  )
   kept = result.num_tokens.copy()
-  ends_with_stop = np.array([n > 0 and int(row[n - 1]) in stops
-                             for row, n in zip(result.tokens, result.num_tokens)])
+  ends_with_stop = np.array(
+    [n > 0 and int(row[n - 1]) in stops for row, n in zip(result.tokens, result.num_tokens)]
+  )
   kept[ends_with_stop] -= 1
   token_ids = [[int(t) for t in row[:n]] for row, n in zip(result.tokens, kept)]
   texts = [tokenizer.decode(t, skip_special_tokens=True) for t in token_ids]
   # Generated token j of a row sits in cache slot prompt_length + j, at that position.
-  return _assemble(model, result.cache.k, result.cache.v, starts=result.prompt_lengths,
-                   lengths=kept, token_ids=token_ids, texts=texts,
-                   branches_per_example=branches_per_example, branch_buckets=branch_buckets,
-                   length_buckets=length_buckets)
+  return _assemble(
+    model,
+    result.cache.k,
+    result.cache.v,
+    starts=result.prompt_lengths,
+    lengths=kept,
+    token_ids=token_ids,
+    texts=texts,
+    branches_per_example=branches_per_example,
+    branch_buckets=branch_buckets,
+    length_buckets=length_buckets,
+  )
 
 
 def encode_branches(
-    model: Transformer,
-    tokenizer,
-    examples: Sequence[Sequence[str | Sequence[int]]],
-    *,
-    keep_last: int | None = None,
-    branch_buckets: Sequence[int] = DEFAULT_BRANCH_BUCKETS,
-    length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
+  model: Transformer,
+  tokenizer,
+  examples: Sequence[Sequence[str | Sequence[int]]],
+  *,
+  keep_last: int | None = None,
+  branch_buckets: Sequence[int] = DEFAULT_BRANCH_BUCKETS,
+  length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
 ) -> Branches:
   """Fixed-text branches: each branch (a string or token ids) prefilled alone from position 0
   by the base model. keep_last=E keeps only each branch's last E tokens (at their positions).
@@ -106,11 +132,16 @@ def encode_branches(
   for b, ex in enumerate(examples):
     for r, branch in enumerate(ex):
       if isinstance(branch, str):
-        require_tokenizer(tokenizer, caller="encode_branches",
-                          why=f"example {b} branch {r} is text (give it as token ids, or the "
-                              "tokenizer)")
-      ids = (list(tokenizer.encode(branch, add_special_tokens=False)) if isinstance(branch, str)
-             else [int(t) for t in branch])
+        require_tokenizer(
+          tokenizer,
+          caller="encode_branches",
+          why=f"example {b} branch {r} is text (give it as token ids, or the tokenizer)",
+        )
+      ids = (
+        list(tokenizer.encode(branch, add_special_tokens=False))
+        if isinstance(branch, str)
+        else [int(t) for t in branch]
+      )
       if not ids:
         raise ValueError(f"example {b} branch {r} is empty")
       check_token_ids(ids, model.config.vocab_size, what=f"example {b} branch {r}")
@@ -119,7 +150,7 @@ def encode_branches(
   s = bucket(int(lengths.max()), length_buckets, what="branch length (tokens)")
   tokens = np.zeros((len(rows), s), np.int32)
   for i, r in enumerate(rows):
-    tokens[i, :len(r)] = r
+    tokens[i, : len(r)] = r
   graphdef, params = nnx.split(model)
   k, v = _prefill_rows(graphdef, params, jnp.asarray(tokens), jnp.asarray(lengths))
   starts = np.zeros_like(lengths)
@@ -127,11 +158,23 @@ def encode_branches(
     starts = np.maximum(lengths - keep_last, 0)
   kept = lengths - starts
   token_ids = [r[st:] for r, st in zip(rows, starts)]
-  texts = ([tokenizer.decode(t, skip_special_tokens=True) for t in token_ids]
-           if tokenizer is not None else ["" for _ in token_ids])
-  return _assemble(model, k, v, starts=starts, lengths=kept, token_ids=token_ids, texts=texts,
-                   branches_per_example=counts, branch_buckets=branch_buckets,
-                   length_buckets=length_buckets)
+  texts = (
+    [tokenizer.decode(t, skip_special_tokens=True) for t in token_ids]
+    if tokenizer is not None
+    else ["" for _ in token_ids]
+  )
+  return _assemble(
+    model,
+    k,
+    v,
+    starts=starts,
+    lengths=kept,
+    token_ids=token_ids,
+    texts=texts,
+    branches_per_example=counts,
+    branch_buckets=branch_buckets,
+    length_buckets=length_buckets,
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -152,13 +195,18 @@ def branch_caches_from_tokens(model: Transformer, tokens: Array, lengths: Array)
   """
   b, r, s = tokens.shape
   cache = KVCache.init(model.config, b * r, s, model.dtype)
-  _, cache = model.hidden_states(tokens.reshape(b * r, s), None, cache,
-                                 lengths=lengths.reshape(b * r), read_cache=False)
+  _, cache = model.hidden_states(
+    tokens.reshape(b * r, s), None, cache, lengths=lengths.reshape(b * r), read_cache=False
+  )
   k, v = jax.lax.stop_gradient((cache.k, cache.v))  # [L, B*R, S, K, H]
   shape = (k.shape[0], b, r, s, *k.shape[3:])
-  return BranchCaches(k=k.reshape(shape), v=v.reshape(shape), lengths=lengths.astype(jnp.int32),
-                      positions=jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, r, s)),
-                      model_fingerprint=model.config.fingerprint)
+  return BranchCaches(
+    k=k.reshape(shape),
+    v=v.reshape(shape),
+    lengths=lengths.astype(jnp.int32),
+    positions=jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, r, s)),
+    model_fingerprint=model.config.fingerprint,
+  )
 
 
 def _check_branch_count(counts: Sequence[int], branch_buckets: Sequence[int]) -> None:
@@ -166,12 +214,25 @@ def _check_branch_count(counts: Sequence[int], branch_buckets: Sequence[int]) ->
     if n == 0:
       raise ValueError(f"example {b} has zero branches")
     if n > max(branch_buckets):
-      raise ValueError(f"example {b} has {n} branches, above the configured maximum "
-                       f"{max(branch_buckets)} (branch_buckets)")
+      raise ValueError(
+        f"example {b} has {n} branches, above the configured maximum "
+        f"{max(branch_buckets)} (branch_buckets)"
+      )
 
 
-def _assemble(model, k, v, *, starts, lengths, token_ids, texts, branches_per_example,
-              branch_buckets, length_buckets) -> Branches:
+def _assemble(
+  model,
+  k,
+  v,
+  *,
+  starts,
+  lengths,
+  token_ids,
+  texts,
+  branches_per_example,
+  branch_buckets,
+  length_buckets,
+) -> Branches:
   """Cuts each flat row's branch slots out of k, v [L, N, S_in, K, H] into [B, R, S] layout."""
   s = bucket(max(int(lengths.max()), 1), length_buckets, what="branch length (tokens)")
   r = bucket(max(branches_per_example), branch_buckets, what="number of branches")
@@ -187,13 +248,15 @@ def _assemble(model, k, v, *, starts, lengths, token_ids, texts, branches_per_ex
   k_rows = gather_slots(k, starts_j, s)[:, rows]  # [L, B, R, S, K, H]
   v_rows = gather_slots(v, starts_j, s)[:, rows]
   caches = BranchCaches(
-      k=k_rows, v=v_rows,
-      lengths=jnp.asarray(np.where(present, np.asarray(lengths)[rows], 0), jnp.int32),
-      positions=jnp.asarray(np.asarray(starts)[rows][..., None] + np.arange(s), jnp.int32),
-      model_fingerprint=model.config.fingerprint)
+    k=k_rows,
+    v=v_rows,
+    lengths=jnp.asarray(np.where(present, np.asarray(lengths)[rows], 0), jnp.int32),
+    positions=jnp.asarray(np.asarray(starts)[rows][..., None] + np.arange(s), jnp.int32),
+    model_fingerprint=model.config.fingerprint,
+  )
   nested_ids, nested_texts, i = [], [], 0
   for n in branches_per_example:
-    nested_ids.append(token_ids[i:i + n])
-    nested_texts.append(texts[i:i + n])
+    nested_ids.append(token_ids[i : i + n])
+    nested_texts.append(texts[i : i + n])
     i += n
   return Branches(token_ids=nested_ids, texts=nested_texts, caches=caches)

@@ -28,8 +28,11 @@ for _p in (_TESTS, _ROOT):
 
 if "jax" in sys.modules:  # pragma: no cover - only when a plugin imported jax first
   import warnings
-  warnings.warn("jax was imported before tests/conftest.py set XLA_FLAGS; the fake 8-device "
-                "CPU mesh may be unavailable")
+
+  warnings.warn(
+    "jax was imported before tests/conftest.py set XLA_FLAGS; the fake 8-device "
+    "CPU mesh may be unavailable"
+  )
 
 import jax  # noqa: E402  pylint: disable=wrong-import-position
 import pytest  # noqa: E402  pylint: disable=wrong-import-position
@@ -74,9 +77,9 @@ def smollm2_hf():
   from ps_jax.io.registry import embedded_path  # pylint: disable=import-outside-toplevel
 
   path = embedded_path(SMOLLM2)
-  hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(path),
-                                            gguf_file=os.path.basename(path),
-                                            dtype=torch.float32)
+  hf = AutoModelForCausalLM.from_pretrained(
+    os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+  )
   return hf.eval()
 
 

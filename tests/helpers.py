@@ -47,35 +47,43 @@ VOCAB = 384
 MAX_POSITIONS = 256
 
 _COMMON = dict(
-    vocab_size=VOCAB,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=MAX_POSITIONS,
-    rms_norm_eps=1e-5,
-    # Weights ~N(0, 0.125^2): projections of unit-RMS activations are O(1), so attention is
-    # far from uniform and logits have O(1) spread (the transformers default 0.02 gives
-    # near-uniform attention and tiny logits, which would hide bugs).
-    initializer_range=0.125,
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=0,
+  vocab_size=VOCAB,
+  hidden_size=64,
+  intermediate_size=128,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  max_position_embeddings=MAX_POSITIONS,
+  rms_norm_eps=1e-5,
+  # Weights ~N(0, 0.125^2): projections of unit-RMS activations are O(1), so attention is
+  # far from uniform and logits have O(1) spread (the transformers default 0.02 gives
+  # near-uniform attention and tiny logits, which would hide bugs).
+  initializer_range=0.125,
+  bos_token_id=1,
+  eos_token_id=2,
+  pad_token_id=0,
 )
 
 # family name -> (transformers model_type, config overrides)
 FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
-    "llama": ("llama", dict(tie_word_embeddings=False, rope_theta=10000.0)),
-    "llama3_tied": ("llama", dict(
-        tie_word_embeddings=True,
-        num_hidden_layers=3,
-        rope_theta=10000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                      "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
-    )),
-    "qwen2": ("qwen2", dict(tie_word_embeddings=False, rope_theta=1000000.0)),
-    "qwen3": ("qwen3", dict(tie_word_embeddings=False, head_dim=32, rope_theta=1000000.0)),
+  "llama": ("llama", dict(tie_word_embeddings=False, rope_theta=10000.0)),
+  "llama3_tied": (
+    "llama",
+    dict(
+      tie_word_embeddings=True,
+      num_hidden_layers=3,
+      rope_theta=10000.0,
+      rope_scaling={
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+      },
+    ),
+  ),
+  "qwen2": ("qwen2", dict(tie_word_embeddings=False, rope_theta=1000000.0)),
+  "qwen3": ("qwen3", dict(tie_word_embeddings=False, head_dim=32, rope_theta=1000000.0)),
 }
 
 
@@ -101,8 +109,7 @@ def tiny_hf_config(family: str, **overrides):
   return AutoConfig.for_model(model_type, **kwargs)
 
 
-def tiny_hf_model(family: str, path: str | os.PathLike, *, seed: int = 0,
-                  **overrides) -> TinyHF:
+def tiny_hf_model(family: str, path: str | os.PathLike, *, seed: int = 0, **overrides) -> TinyHF:
   """Builds a tiny random transformers model of `family`, saves it to `path`, returns it.
 
   Norm weights ~U(0.5, 1.5), biases ~U(-0.5, 0.5); everything else as transformers
@@ -151,21 +158,23 @@ def edit_config_json(path: str | os.PathLike, **changes) -> None:
     json.dump(cfg, f, indent=2)
 
 
-def random_prompts(lengths: Sequence[int], *, seed: int = 0, low: int = 3,
-                   high: int = VOCAB) -> list[list[int]]:
+def random_prompts(
+  lengths: Sequence[int], *, seed: int = 0, low: int = 3, high: int = VOCAB
+) -> list[list[int]]:
   """Prompts of the given lengths with ids in [low, high) (ids 0..2 are pad/bos/eos)."""
   rng = np.random.default_rng(seed)
   return [[int(x) for x in rng.integers(low, high, size=n)] for n in lengths]
 
 
-def right_pad(prompts: Sequence[Sequence[int]], width: int | None = None,
-              pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def right_pad(
+  prompts: Sequence[Sequence[int]], width: int | None = None, pad: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   """(tokens [B, width] int32 right-padded with `pad`, lengths [B] int32)."""
   lengths = np.array([len(p) for p in prompts], np.int32)
   width = int(lengths.max()) if width is None else width
   tokens = np.full((len(prompts), width), pad, np.int32)
   for i, p in enumerate(prompts):
-    tokens[i, :len(p)] = p
+    tokens[i, : len(p)] = p
   return tokens, lengths
 
 
@@ -179,8 +188,9 @@ def hf_logits(hf, tokens: np.ndarray, lengths: np.ndarray | None = None) -> np.n
     lengths = np.full((b,), t)
   mask = (np.arange(t)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)
   with torch.no_grad():
-    out = hf(input_ids=torch.as_tensor(tokens, dtype=torch.long),
-             attention_mask=torch.as_tensor(mask))
+    out = hf(
+      input_ids=torch.as_tensor(tokens, dtype=torch.long), attention_mask=torch.as_tensor(mask)
+    )
   return out.logits.float().numpy()
 
 
@@ -190,17 +200,27 @@ def hf_greedy(hf, prompt: Sequence[int], max_new_tokens: int) -> list[int]:
 
   ids = torch.as_tensor([list(prompt)], dtype=torch.long)
   with torch.no_grad():
-    out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                      max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                      eos_token_id=None, pad_token_id=0, temperature=None, top_p=None,
-                      top_k=None)
-  return [int(x) for x in out[0, len(prompt):]]
+    out = hf.generate(
+      ids,
+      attention_mask=torch.ones_like(ids),
+      do_sample=False,
+      max_new_tokens=max_new_tokens,
+      min_new_tokens=max_new_tokens,
+      eos_token_id=None,
+      pad_token_id=0,
+      temperature=None,
+      top_p=None,
+      top_k=None,
+    )
+  return [int(x) for x in out[0, len(prompt) :]]
 
 
 def valid_max_abs_diff(a: np.ndarray, b: np.ndarray, lengths: Sequence[int]) -> float:
   """max |a - b| over the valid positions [i, :lengths[i]] of two [B, T, ...] arrays."""
-  return max(float(np.max(np.abs(np.asarray(a)[i, :n] - np.asarray(b)[i, :n])))
-             for i, n in enumerate(lengths))
+  return max(
+    float(np.max(np.abs(np.asarray(a)[i, :n] - np.asarray(b)[i, :n])))
+    for i, n in enumerate(lengths)
+  )
 
 
 def jit_forward(model):
@@ -245,26 +265,34 @@ def jit_model(model):
 def jit_step(model):
   """jitted `(tokens [B, T], positions [B, T], cache, lengths [B]) -> (logits, cache)`."""
   call = jit_model(model)
-  return lambda tokens, positions, cache, lengths: call(tokens, positions, cache,
-                                                        lengths=lengths)
+  return lambda tokens, positions, cache, lengths: call(tokens, positions, cache, lengths=lengths)
 
 
 def llamacpp_permute(w: np.ndarray, num_heads: int) -> np.ndarray:
   """llama.cpp's q/k row permutation (convert_hf_to_gguf.py `LlamaModel.permute`)."""
-  return (w.reshape(num_heads, 2, w.shape[0] // num_heads // 2, *w.shape[1:])
-          .swapaxes(1, 2).reshape(w.shape))
+  return (
+    w.reshape(num_heads, 2, w.shape[0] // num_heads // 2, *w.shape[1:])
+    .swapaxes(1, 2)
+    .reshape(w.shape)
+  )
 
 
 def llama3_rope_factors(hf_config) -> np.ndarray:
   """The `rope_freqs.weight` tensor llama.cpp writes for llama3 RoPE scaling (per frequency
   divisor: plain inv_freq / scaled inv_freq), computed as convert_hf_to_gguf.py does."""
   import math  # pylint: disable=import-outside-toplevel
+
   p = hf_config.rope_parameters
   dim = getattr(hf_config, "head_dim", None) or (
-      hf_config.hidden_size // hf_config.num_attention_heads)
+    hf_config.hidden_size // hf_config.num_attention_heads
+  )
   freqs = 1.0 / (p["rope_theta"] ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
-  old, lo, hi, factor = (p["original_max_position_embeddings"], p["low_freq_factor"],
-                         p["high_freq_factor"], p["factor"])
+  old, lo, hi, factor = (
+    p["original_max_position_embeddings"],
+    p["low_freq_factor"],
+    p["high_freq_factor"],
+    p["factor"],
+  )
   out = []
   for f in freqs:
     wavelen = 2 * math.pi / f
@@ -278,8 +306,14 @@ def llama3_rope_factors(hf_config) -> np.ndarray:
   return np.asarray(out, np.float32)
 
 
-def write_tiny_gguf(tiny: TinyHF, path: str | os.PathLike, *, tokenizer=None,
-                    arch: str = "llama", rope_freqs: bool = True) -> str:
+def write_tiny_gguf(
+  tiny: TinyHF,
+  path: str | os.PathLike,
+  *,
+  tokenizer=None,
+  arch: str = "llama",
+  rope_freqs: bool = True,
+) -> str:
   """Writes a TinyHF Llama as an F32 GGUF file the way llama.cpp's converter does.
 
   q/k rows are permuted with `llamacpp_permute`; tensors are stored [out, in] (GGUF's
@@ -315,8 +349,9 @@ def write_tiny_gguf(tiny: TinyHF, path: str | os.PathLike, *, tokenizer=None,
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL
-                       for t in tokens])
+    w.add_token_types(
+      [gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens]
+    )
     w.add_token_merges(merges)
     w.add_bos_token_id(tokenizer.bos_token_id)
     w.add_eos_token_id(tokenizer.eos_token_id)
@@ -326,12 +361,22 @@ def write_tiny_gguf(tiny: TinyHF, path: str | os.PathLike, *, tokenizer=None,
   else:
     w.add_bos_token_id(c.bos_token_id)
     w.add_eos_token_id(c.eos_token_id)
-  names = {"model.embed_tokens.weight": "token_embd.weight",
-           "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
-  per_layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-               "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-               "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+  names = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+  }
+  per_layer = {
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+  }
   state = {k: v.detach().float().numpy() for k, v in tiny.hf.state_dict().items()}
   if c.tie_word_embeddings:
     state.pop("lm_head.weight", None)
@@ -392,8 +437,9 @@ def count_compiles():
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def tiny_tokenizer(path: str | os.PathLike | None = None, *, vocab_size: int = VOCAB,
-                   chat_template: bool = True):
+def tiny_tokenizer(
+  path: str | os.PathLike | None = None, *, vocab_size: int = VOCAB, chat_template: bool = True
+):
   """A byte-level BPE tokenizer trained in-process (ids 0,1,2 = <pad>, <s>, </s>).
 
   With `path`, it is saved there too (so `ps_jax.load(folder)` returns it). Its vocabulary
@@ -409,17 +455,25 @@ def tiny_tokenizer(path: str | os.PathLike | None = None, *, vocab_size: int = V
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(
-      vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-  corpus = ["What is the capital of France? The capital of France is Paris.",
-            "One plus one is two. Two plus two is four.",
-            "The quick brown fox jumps over the lazy dog."] * 10
+    vocab_size=vocab_size,
+    special_tokens=["<pad>", "<s>", "</s>"],
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    show_progress=False,
+  )
+  corpus = [
+    "What is the capital of France? The capital of France is Paris.",
+    "One plus one is two. Two plus two is four.",
+    "The quick brown fox jumps over the lazy dog.",
+  ] * 10
   tok.train_from_iterator(corpus, trainer)
-  fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
-                                 eos_token="</s>")
+  fast = PreTrainedTokenizerFast(
+    tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+  )
   if chat_template:
-    fast.chat_template = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>"
-                          "{% endfor %}{% if add_generation_prompt %}<s>assistant: {% endif %}")
+    fast.chat_template = (
+      "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>"
+      "{% endfor %}{% if add_generation_prompt %}<s>assistant: {% endif %}"
+    )
   if path is not None:
     fast.save_pretrained(os.fspath(path))
   return fast

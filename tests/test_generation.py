@@ -70,7 +70,7 @@ def test_padding_never_changes_logits(llama, prompts):
   for width in (16, 32):
     tokens, lengths = helpers.right_pad([prompts["L"], a, prompts["S"]], width)
     batched = fwd(tokens, lengths)
-    diff = float(np.abs(batched[1, :len(a)] - alone[0]).max())
+    diff = float(np.abs(batched[1, : len(a)] - alone[0]).max())
     print(f"\n[width {width}] logits of prompt A: alone vs batched {diff:.1e}")
     assert diff <= 1e-5
 
@@ -79,8 +79,9 @@ def test_returned_cache_equals_prefill_of_the_whole_sequence(llama, prompts, alo
   """The cache after generation holds prompt + every generated token (last one included)."""
   _, res = alone
   seq = list(prompts["A"]) + res.tokens[0].tolist()
-  _, full = helpers.jit_model(llama)(jnp.asarray([seq]),
-                                     cache=KVCache.init(llama.config, 1, len(seq)))
+  _, full = helpers.jit_model(llama)(
+    jnp.asarray([seq]), cache=KVCache.init(llama.config, 1, len(seq))
+  )
   diff = float(np.abs(_row_kv(res.cache, 0, len(seq)) - _row_kv(full, 0, len(seq))).max())
   assert diff <= 1e-5
   assert res.prompt_lengths.tolist() == [len(prompts["A"])]
@@ -89,8 +90,9 @@ def test_returned_cache_equals_prefill_of_the_whole_sequence(llama, prompts, alo
 def test_position_offsets_without_prefix_do_not_change_tokens(llama, prompts, alone):
   """RoPE is relative: shifting a prompt's positions (no prefix) keeps its greedy tokens."""
   stop, ref = alone
-  res = generate_ids(llama, [prompts["A"]], max_new_tokens=N_NEW, stop_ids=[stop],
-                     position_offsets=[37])
+  res = generate_ids(
+    llama, [prompts["A"]], max_new_tokens=N_NEW, stop_ids=[stop], position_offsets=[37]
+  )
   assert res.tokens.tolist() == ref.tokens.tolist()
 
 
@@ -101,11 +103,12 @@ def test_stops_at_first_stop_id_and_pads(llama, prompts, alone):
   stop = greedy[j]
   first = greedy.index(stop)  # the stop token may already occur before position j
   pad = _no_stop(ref.tokens, [stop])
-  res = generate_ids(llama, [prompts["A"], prompts["L"]], max_new_tokens=N_NEW,
-                     stop_ids=[pad, stop])
+  res = generate_ids(
+    llama, [prompts["A"], prompts["L"]], max_new_tokens=N_NEW, stop_ids=[pad, stop]
+  )
   assert int(res.num_tokens[0]) == first + 1  # the stop token is counted
-  assert res.tokens[0, :first + 1].tolist() == greedy[:first + 1]
-  assert (res.tokens[0, first + 1:] == pad).all()  # later entries are stop_ids[0]
+  assert res.tokens[0, : first + 1].tolist() == greedy[: first + 1]
+  assert (res.tokens[0, first + 1 :] == pad).all()  # later entries are stop_ids[0]
   assert int(res.cache.end_index[0]) == len(prompts["A"]) + first + 1
   # The other row is unaffected by row 0 stopping.
   other = generate_ids(llama, [prompts["L"]], max_new_tokens=N_NEW, stop_ids=[pad, stop])
@@ -115,15 +118,27 @@ def test_stops_at_first_stop_id_and_pads(llama, prompts, alone):
 
 def test_top_k_1_equals_greedy(llama, prompts, alone):
   stop, ref = alone
-  res = generate_ids(llama, [prompts["A"]], max_new_tokens=N_NEW, stop_ids=[stop],
-                     sampling=SamplingConfig(temperature=1.5, top_k=1), rng=jax.random.key(3))
+  res = generate_ids(
+    llama,
+    [prompts["A"]],
+    max_new_tokens=N_NEW,
+    stop_ids=[stop],
+    sampling=SamplingConfig(temperature=1.5, top_k=1),
+    rng=jax.random.key(3),
+  )
   assert res.tokens.tolist() == ref.tokens.tolist()
 
 
 def test_tiny_top_p_equals_greedy(llama, prompts, alone):
   stop, ref = alone
-  res = generate_ids(llama, [prompts["A"]], max_new_tokens=N_NEW, stop_ids=[stop],
-                     sampling=SamplingConfig(temperature=1.5, top_p=1e-6), rng=jax.random.key(4))
+  res = generate_ids(
+    llama,
+    [prompts["A"]],
+    max_new_tokens=N_NEW,
+    stop_ids=[stop],
+    sampling=SamplingConfig(temperature=1.5, top_p=1e-6),
+    rng=jax.random.key(4),
+  )
   assert res.tokens.tolist() == ref.tokens.tolist()
 
 
@@ -132,8 +147,14 @@ def test_temperature_sampling_deterministic_per_key(llama, prompts, alone):
   hot = SamplingConfig(temperature=1.0)
 
   def run(seed):
-    return generate_ids(llama, [prompts["A"], prompts["A"]], max_new_tokens=N_NEW,
-                        stop_ids=[stop], sampling=hot, rng=jax.random.key(seed)).tokens
+    return generate_ids(
+      llama,
+      [prompts["A"], prompts["A"]],
+      max_new_tokens=N_NEW,
+      stop_ids=[stop],
+      sampling=hot,
+      rng=jax.random.key(seed),
+    ).tokens
 
   a, b, c = run(0), run(0), run(1)
   np.testing.assert_array_equal(a, b)
@@ -170,8 +191,7 @@ def test_no_retrace_within_a_bucket(llama):
   buckets = (16, 48)  # 48: a bucket no other test uses, so its programs are surely new
 
   def run(batch):
-    return generate_ids(llama, batch, max_new_tokens=N_NEW, stop_ids=[0, 1],
-                        length_buckets=buckets)
+    return generate_ids(llama, batch, max_new_tokens=N_NEW, stop_ids=[0, 1], length_buckets=buckets)
 
   run([p5, p9])  # warm up
   sizes = (generation._prefill._cache_size(), generation._decode._cache_size())  # pylint: disable=protected-access
@@ -209,16 +229,21 @@ def test_public_generate_with_tokenizer(tmp_path):
 # --- bad input: each error names the problem ---------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs,match", [
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
     (dict(prompts=[[5, 6], []]), "prompt 1 is empty"),
     (dict(prompts=[]), "prompts is empty"),
     (dict(stop_ids=[]), "stop_ids is empty"),
     (dict(prompts=[[5] * 10], max_prompt_tokens=8), "10 tokens, above max_prompt_tokens=8"),
     (dict(prompts=[[5] * 250], max_new_tokens=10), "max_position_embeddings=256"),
     (dict(prompts=[[5] * 10], position_offsets=[250]), "max_position_embeddings=256"),
-    (dict(prompts=[[5] * 40], length_buckets=(16, 32)),
-     "prompt length is 40, above the largest configured bucket 32"),
-])
+    (
+      dict(prompts=[[5] * 40], length_buckets=(16, 32)),
+      "prompt length is 40, above the largest configured bucket 32",
+    ),
+  ],
+)
 def test_bad_input_raises_named_error(llama, kwargs, match):
   args = dict(prompts=[[5, 6, 7]], max_new_tokens=4, stop_ids=[2])
   args.update(kwargs)
@@ -243,9 +268,14 @@ def test_nonpositive_max_new_tokens_named(llama, n):
 _TOKENIZER = object()  # never used: the argument checks come first
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(temperature=-0.5), r"temperature=-0\.5 is outside the allowed range: a finite number "
-                             r">= 0"),
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
+    (
+      dict(temperature=-0.5),
+      r"temperature=-0\.5 is outside the allowed range: a finite number "
+      r">= 0",
+    ),
     (dict(temperature=float("nan")), r"temperature=nan is outside the allowed range"),
     (dict(top_p=0.0), r"top_p=0\.0 is outside the allowed range \(0, 1\]"),
     (dict(top_p=1.5), r"top_p=1\.5 is outside the allowed range \(0, 1\]"),
@@ -253,7 +283,8 @@ _TOKENIZER = object()  # never used: the argument checks come first
     (dict(top_k=2.5), r"top_k=2\.5 is outside the allowed range: an integer >= 0"),
     (dict(max_new_tokens=0), r"max_new_tokens=0 is outside the allowed range: an integer >= 1"),
     (dict(max_new_tokens=-3), r"max_new_tokens=-3 is outside the allowed range"),
-])
+  ],
+)
 def test_public_generate_rejects_bad_sampling_arguments(llama, kwargs, match):
   with pytest.raises(ValueError, match=match):
     ps_jax.generate(llama, _TOKENIZER, [[5, 6, 7]], **kwargs)
@@ -264,8 +295,10 @@ def test_public_generate_needs_a_tokenizer(llama):
     ps_jax.generate(llama, None, [[5, 6, 7]], max_new_tokens=2)
 
 
-@pytest.mark.parametrize("kwargs,name", [(dict(temperature=-1.0), "temperature"),
-                                         (dict(top_p=0), "top_p"), (dict(top_k=-2), "top_k")])
+@pytest.mark.parametrize(
+  "kwargs,name",
+  [(dict(temperature=-1.0), "temperature"), (dict(top_p=0), "top_p"), (dict(top_k=-2), "top_k")],
+)
 def test_sampling_config_is_validated_where_it_is_built(kwargs, name):
   """launch.generate and generate_ids callers build SamplingConfig themselves: same checks."""
   with pytest.raises(ValueError, match=f"^{name}="):

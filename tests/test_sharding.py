@@ -10,14 +10,22 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 import helpers
-from ps_jax.sharding import (MeshConfig, batch_sharding, logical_to_spec, make_mesh,
-                             shard_model, sharded_forward, state_shardings)
+from ps_jax.sharding import (
+  MeshConfig,
+  batch_sharding,
+  logical_to_spec,
+  make_mesh,
+  shard_model,
+  sharded_forward,
+  state_shardings,
+)
 
 
 def test_eight_fake_devices():
   assert jax.device_count() == 8, (
-      "tests/conftest.py must set XLA_FLAGS=--xla_force_host_platform_device_count=8 before "
-      "jax is imported")
+    "tests/conftest.py must set XLA_FLAGS=--xla_force_host_platform_device_count=8 before "
+    "jax is imported"
+  )
 
 
 @pytest.fixture(scope="module")
@@ -33,24 +41,36 @@ def _flat(state):
   return {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(state)}
 
 
-@pytest.mark.parametrize("mesh_config,expect", [
-    (MeshConfig(data=1, fsdp=4, tensor=2), {
+@pytest.mark.parametrize(
+  "mesh_config,expect",
+  [
+    (
+      MeshConfig(data=1, fsdp=4, tensor=2),
+      {
         "embed": P("tensor", "fsdp"),  # [V, D]
         "blocks/attn/q/kernel": P(None, "fsdp", "tensor"),  # [L, D, N*H]
         "blocks/mlp/down/kernel": P(None, "tensor", "fsdp"),  # [L, F, D]
         "blocks/attn/q/bias": P(None, "tensor"),
         "lm_head": P("fsdp", "tensor"),
-    }),
-    (MeshConfig(data=2, fsdp=2, tensor=2), {
+      },
+    ),
+    (
+      MeshConfig(data=2, fsdp=2, tensor=2),
+      {
         "embed": P("tensor", "fsdp"),
         "blocks/attn/k/kernel": P(None, "fsdp", "tensor"),
-    }),
-])
+      },
+    ),
+  ],
+)
 def test_sharded_forward_equals_single_device(setup, mesh_config, expect):
   model, tokens, positions, ref = setup
   mesh = make_mesh(mesh_config)
-  assert dict(mesh.shape) == {"data": mesh_config.data, "fsdp": mesh_config.fsdp,
-                              "tensor": mesh_config.tensor}
+  assert dict(mesh.shape) == {
+    "data": mesh_config.data,
+    "fsdp": mesh_config.fsdp,
+    "tensor": mesh_config.tensor,
+  }
   forward, params = sharded_forward(model, mesh)
   flat = _flat(params)
   for name, spec in expect.items():
@@ -86,7 +106,8 @@ def test_logical_to_spec_drops_axes_that_do_not_divide():
   # 3 kv heads * 64 = 192 is divisible by 2; 3 kv heads as their own dim is not.
   assert logical_to_spec(("embed", "kv_heads"), (576, 192), mesh) == P("fsdp", "tensor")
   assert logical_to_spec(("layers", "kv_heads", "head_dim"), (30, 3, 64), mesh) == P(
-      None, None, None)
+    None, None, None
+  )
   # batch -> (data, fsdp): a batch of 2 keeps data only, a batch of 4 both, a batch of 1 none.
   assert logical_to_spec(("batch",), (4,), mesh) == P(("data", "fsdp"))
   assert logical_to_spec(("batch",), (2,), mesh) == P("data")

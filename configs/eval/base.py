@@ -3,8 +3,9 @@
 import ml_collections
 
 
-def eval_config(dataset: str, *, synth_max_new_tokens: int = 512,
-                worker_max_new_tokens: int = 512) -> ml_collections.ConfigDict:
+def eval_config(
+  dataset: str, *, synth_max_new_tokens: int = 512, worker_max_new_tokens: int = 512
+) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = "smollm2-135m-instruct"
   c.dtype = "float32"

@@ -39,14 +39,14 @@ NEVER_STOP = (-1,)
 # Plain English for realistic token ids; tiled to any length (the content does not change the
 # amount of work, since every run has a fixed shape and EOS is disabled).
 BENCH_TEXT = (
-    "The river town woke slowly. Fishermen untied their boats while the baker opened the "
-    "shutters and set out bread that was still warm. Children ran along the stone quay, "
-    "counting the gulls that circled the masts, and an old clockmaker wound the tower clock "
-    "as he had done every morning for forty years. By noon the market square was full: "
-    "merchants sold cloth, spices and copper pots, travellers asked the way to the mountain "
-    "pass, and a violinist played near the fountain for coins. In the afternoon a storm came "
-    "in from the sea, the square emptied, and the rain drummed on the roofs until evening, "
-    "when the clouds broke and the lamps were lit one by one along the harbour wall. "
+  "The river town woke slowly. Fishermen untied their boats while the baker opened the "
+  "shutters and set out bread that was still warm. Children ran along the stone quay, "
+  "counting the gulls that circled the masts, and an old clockmaker wound the tower clock "
+  "as he had done every morning for forty years. By noon the market square was full: "
+  "merchants sold cloth, spices and copper pots, travellers asked the way to the mountain "
+  "pass, and a violinist played near the fountain for coins. In the afternoon a storm came "
+  "in from the sea, the square emptied, and the rain drummed on the roofs until evening, "
+  "when the clouds broke and the lamps were lit one by one along the harbour wall. "
 )
 
 
@@ -83,7 +83,7 @@ def prompt_ids(tokenizer, vocab_size: int, batch: int, length: int, seed: int = 
   stride = 17
   need = length + stride * (batch - 1)
   stream = (piece * (need // len(piece) + 1))[:need]
-  return np.array([stream[i * stride:i * stride + length] for i in range(batch)], np.int32)
+  return np.array([stream[i * stride : i * stride + length] for i in range(batch)], np.int32)
 
 
 def _ratio(a: dict | None, b: dict | None) -> float | None:
@@ -155,16 +155,26 @@ class TransformersRunner:
 
   def decode(self, ids: np.ndarray, n: int) -> Timed:
     from transformers import LogitsProcessorList  # pylint: disable=import-outside-toplevel
+
     x = self.torch.as_tensor(ids, dtype=self.torch.long)
     clock = self.clock_cls()
     with self.torch.inference_mode():
-      out = self.model.generate(x, attention_mask=self.torch.ones_like(x), do_sample=False,
-                                min_new_tokens=n, max_new_tokens=n, pad_token_id=self.pad,
-                                num_beams=1, temperature=None, top_p=None, top_k=None,
-                                logits_processor=LogitsProcessorList([clock]))
+      out = self.model.generate(
+        x,
+        attention_mask=self.torch.ones_like(x),
+        do_sample=False,
+        min_new_tokens=n,
+        max_new_tokens=n,
+        pad_token_id=self.pad,
+        num_beams=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        logits_processor=LogitsProcessorList([clock]),
+      )
     if len(clock.times) != n or out.shape[1] != ids.shape[1] + n:
       raise RuntimeError(f"transformers decode ran {len(clock.times)} steps, expected {n}")
-    return Timed(clock.times[-1] - clock.times[0], n - 1, out[:, ids.shape[1]:].numpy())
+    return Timed(clock.times[-1] - clock.times[0], n - 1, out[:, ids.shape[1] :].numpy())
 
 
 def _measure(runners, call, config: ForwardBenchConfig) -> dict[str, dict[str, Any]]:
@@ -184,15 +194,23 @@ def _measure(runners, call, config: ForwardBenchConfig) -> dict[str, dict[str, A
   return out
 
 
-def _entry(m: dict[str, Any], batch: int, prompt_tokens: int, jax_program: str | None
-           ) -> dict[str, Any]:
+def _entry(
+  m: dict[str, Any], batch: int, prompt_tokens: int, jax_program: str | None
+) -> dict[str, Any]:
   runs: list[Timed] = m["runs"]
   seconds = report.summarize([t.seconds for t in runs])
   steps = runs[0].steps
-  e = {"batch": batch, "prompt_tokens": prompt_tokens, "steps": steps, "seconds": seconds,
-       "tokens_per_s": report.rate(batch * (steps if runs[0].tokens is not None
-                                            else prompt_tokens), seconds),
-       "ms_per_step": 1e3 * seconds["median"] / steps, "first_call_s": m["first"].seconds}
+  e = {
+    "batch": batch,
+    "prompt_tokens": prompt_tokens,
+    "steps": steps,
+    "seconds": seconds,
+    "tokens_per_s": report.rate(
+      batch * (steps if runs[0].tokens is not None else prompt_tokens), seconds
+    ),
+    "ms_per_step": 1e3 * seconds["median"] / steps,
+    "first_call_s": m["first"].seconds,
+  }
   if jax_program is not None:
     # Tracing + lowering + XLA compile of this program, as JAX reports them.
     e["compile_s"] = report.compile_seconds(m["events"], jax_program)
@@ -204,22 +222,31 @@ def _entry(m: dict[str, Any], batch: int, prompt_tokens: int, jax_program: str |
   return e
 
 
-def run(model: Transformer, tokenizer=None, *, config: ForwardBenchConfig = ForwardBenchConfig(),
-        torch_model=None, model_name: str = "model", env_extra: dict | None = None
-        ) -> dict[str, Any]:
+def run(
+  model: Transformer,
+  tokenizer=None,
+  *,
+  config: ForwardBenchConfig = ForwardBenchConfig(),
+  torch_model=None,
+  model_name: str = "model",
+  env_extra: dict | None = None,
+) -> dict[str, Any]:
   """Runs the benchmark; returns the result dict (see write). torch_model: a transformers
   causal LM with the same weights, or None to measure ps_jax alone."""
   vocab = model.config.vocab_size
   env = report.environment(**(env_extra or {}))  # load average before the runs
   prefill = prompt_ids(tokenizer, vocab, config.prefill_batch, config.prefill_tokens, config.seed)
-  decode = {b: prompt_ids(tokenizer, vocab, b, config.decode_prompt_tokens, config.seed + 1)
-            for b in config.decode_batches}
+  decode = {
+    b: prompt_ids(tokenizer, vocab, b, config.decode_prompt_tokens, config.seed + 1)
+    for b in config.decode_batches
+  }
   runners = [PsJaxRunner(model)]
   if torch_model is not None:
     runners.append(TransformersRunner(torch_model))
   results: dict[str, Any] = {r.name: {"decode": {}} for r in runners}
   if torch_model is not None:
     import torch  # pylint: disable=import-outside-toplevel
+
     results["transformers"]["num_threads"] = torch.get_num_threads()
 
   m = _measure(runners, lambda r: r.prefill(prefill), config)
@@ -235,14 +262,16 @@ def run(model: Transformer, tokenizer=None, *, config: ForwardBenchConfig = Forw
 
   jx = results["ps_jax"]
   jx["compile_s_total"] = jx["prefill"]["compile_s"] + sum(
-      d["compile_s"] for d in jx["decode"].values())
+    d["compile_s"] for d in jx["decode"].values()
+  )
   if torch_model is not None:
     pt = results["transformers"]
     ratios = {"prefill": _ratio(jx["prefill"]["tokens_per_s"], pt["prefill"]["tokens_per_s"])}
     agreement = {}
     for b in jx["decode"]:
-      ratios[f"decode_b{b}"] = _ratio(jx["decode"][b]["tokens_per_s"],
-                                      pt["decode"][b]["tokens_per_s"])
+      ratios[f"decode_b{b}"] = _ratio(
+        jx["decode"][b]["tokens_per_s"], pt["decode"][b]["tokens_per_s"]
+      )
       agreement[b] = greedy_agreement(jx["decode"][b]["tokens"], pt["decode"][b]["tokens"])
     results["ratio_ps_jax_over_transformers"] = ratios
     results["greedy_agreement"] = agreement
@@ -254,13 +283,13 @@ def run(model: Transformer, tokenizer=None, *, config: ForwardBenchConfig = Forw
   except OSError:
     pass
   return {
-      "benchmark": "forward",
-      "model": model_name,
-      "model_config": dataclasses.asdict(model.config),
-      "dtype": str(model.dtype),
-      "config": dataclasses.asdict(config),
-      "environment": env,
-      "results": results,
+    "benchmark": "forward",
+    "model": model_name,
+    "model_config": dataclasses.asdict(model.config),
+    "dtype": str(model.dtype),
+    "config": dataclasses.asdict(config),
+    "environment": env,
+    "results": results,
   }
 
 
@@ -278,6 +307,7 @@ def _time_per_call(fn, args_fn, *, repeats: int, calls: int = 8) -> dict[str, An
   """Seconds per call of a jitted fn: `repeats` samples, each `calls` back-to-back calls
   (args_fn(prev_out) gives the next args, e.g. to feed a donated cache back), synchronised."""
   import jax  # pylint: disable=import-outside-toplevel
+
   out = fn(*args_fn(None))  # compile + warm-up
   jax.block_until_ready(out)
   samples = []
@@ -290,9 +320,14 @@ def _time_per_call(fn, args_fn, *, repeats: int, calls: int = 8) -> dict[str, An
   return report.summarize(samples)
 
 
-def decode_step_analysis(model: Transformer, *, batches: Sequence[int] = (1, 8),
-                         cache_len: int = 256, repeats: int = 5,
-                         bandwidth_mib: int = 512) -> dict[str, Any]:
+def decode_step_analysis(
+  model: Transformer,
+  *,
+  batches: Sequence[int] = (1, 8),
+  cache_len: int = 256,
+  repeats: int = 5,
+  bandwidth_mib: int = 512,
+) -> dict[str, Any]:
   """Where the time of one ps_jax decode step goes, measured piece by piece (ms per call).
 
   For each batch size, with a KV cache of `cache_len` slots half full:
@@ -323,32 +358,46 @@ def decode_step_analysis(model: Transformer, *, batches: Sequence[int] = (1, 8),
 
   # Read bandwidth: the faster of a jitted sum and a jitted matrix-vector product over a
   # buffer far larger than the caches (both stream it once from memory).
-  big = jnp.ones((bandwidth_mib * 2 ** 20 // 4096, 1024), jnp.float32)
+  big = jnp.ones((bandwidth_mib * 2**20 // 4096, 1024), jnp.float32)
   vec = jnp.ones((1024,), jnp.float32)
-  reads = {"sum": _time_per_call(jax.jit(jnp.sum), lambda _, a=big: (a,), repeats=repeats,
-                                 calls=4),
-           "gemv": _time_per_call(jax.jit(jnp.matmul), lambda _, a=big: (a, vec),
-                                  repeats=repeats, calls=4)}
+  reads = {
+    "sum": _time_per_call(jax.jit(jnp.sum), lambda _, a=big: (a,), repeats=repeats, calls=4),
+    "gemv": _time_per_call(
+      jax.jit(jnp.matmul), lambda _, a=big: (a, vec), repeats=repeats, calls=4
+    ),
+  }
   by = {k: big.nbytes / r["median"] / 1e9 for k, r in reads.items()}
   bandwidth = max(by.values()) * 1e9
   del big
   out: dict[str, Any] = {
-      "cache_len": cache_len, "param_bytes": param_bytes,
-      "read_bandwidth_gb_s": bandwidth / 1e9, "read_bandwidth_by_method_gb_s": by,
-      "roofline_weights_ms": 1e3 * param_bytes / bandwidth, "batches": {}}
+    "cache_len": cache_len,
+    "param_bytes": param_bytes,
+    "read_bandwidth_gb_s": bandwidth / 1e9,
+    "read_bandwidth_by_method_gb_s": by,
+    "roofline_weights_ms": 1e3 * param_bytes / bandwidth,
+    "batches": {},
+  }
 
   def step(params, cache, tok):
     m = nnx.merge(graphdef, params)
     pos = cache.end_index[:, None]
-    hidden, cache = m.hidden_states(tok[:, None], pos, cache,
-                                    lengths=jnp.ones_like(cache.end_index))
+    hidden, cache = m.hidden_states(
+      tok[:, None], pos, cache, lengths=jnp.ones_like(cache.end_index)
+    )
     return jnp.argmax(m.logits(hidden[:, 0]), axis=-1).astype(jnp.int32), cache
 
   def weight_matmuls(params, x):  # x [B, D]
     m = nnx.merge(graphdef, params)
     a, p = m.blocks.attn, m.blocks.mlp
-    ws = (a.q.kernel[...], a.k.kernel[...], a.v.kernel[...], a.o.kernel[...],
-          p.gate.kernel[...], p.up.kernel[...], p.down.kernel[...])
+    ws = (
+      a.q.kernel[...],
+      a.k.kernel[...],
+      a.v.kernel[...],
+      a.o.kernel[...],
+      p.gate.kernel[...],
+      p.up.kernel[...],
+      p.down.kernel[...],
+    )
 
     def layer(x, w):
       wq, wk, wv, wo, wg, wu, wd = w
@@ -366,17 +415,19 @@ def decode_step_analysis(model: Transformer, *, batches: Sequence[int] = (1, 8),
     def layer(q, kv):
       o = attend(q, [(kv[0], kv[1], mask[:, None, :])])
       return q + 1e-6 * o, None
+
     return jax.lax.scan(layer, q, (k, v))[0]
 
   def attention_kv_major(k, v, mask, q):  # k, v [L, B, K, S, H]: each head's slots contiguous
     def layer(q, kv):
       kk, vv = kv
       b = q.shape[0]
-      qg = q.reshape(b, cfg.num_kv_heads, cfg.queries_per_kv, cfg.head_dim) * cfg.head_dim ** -0.5
+      qg = q.reshape(b, cfg.num_kv_heads, cfg.queries_per_kv, cfg.head_dim) * cfg.head_dim**-0.5
       s = jnp.einsum("bkgh,bksh->bkgs", qg, kk, preferred_element_type=jnp.float32)
       p = jax.nn.softmax(jnp.where(mask[:, None, None, :], s, -1e30), axis=-1)
       o = jnp.einsum("bkgs,bksh->bkgh", p.astype(vv.dtype), vv)
       return q + 1e-6 * o.reshape(q.shape), None
+
     return jax.lax.scan(layer, q, (k, v))[0]
 
   def update(cache, k_new, v_new):
@@ -402,25 +453,33 @@ def decode_step_analysis(model: Transformer, *, batches: Sequence[int] = (1, 8),
       return state["cache"], kv_new, kv_new
 
     pieces = {
-        "step": _time_per_call(jax.jit(step, donate_argnums=1), step_args, repeats=repeats),
-        "weight_matmuls": _time_per_call(jax.jit(weight_matmuls), lambda _: (params, x),
-                                         repeats=repeats),
-        "lm_head": _time_per_call(jax.jit(lm_head), lambda _: (params, x), repeats=repeats),
+      "step": _time_per_call(jax.jit(step, donate_argnums=1), step_args, repeats=repeats),
+      "weight_matmuls": _time_per_call(
+        jax.jit(weight_matmuls), lambda _: (params, x), repeats=repeats
+      ),
+      "lm_head": _time_per_call(jax.jit(lm_head), lambda _: (params, x), repeats=repeats),
     }
     fresh = KVCache.init(cfg, b, cache_len, model.dtype).replace(
-        end_index=jnp.full((b,), cache_len // 2, jnp.int32))
+      end_index=jnp.full((b,), cache_len // 2, jnp.int32)
+    )
     pieces["attention"] = _time_per_call(
-        jax.jit(attention), lambda _, c=fresh: (c.k, c.v, c.valid_mask(), q), repeats=repeats)
+      jax.jit(attention), lambda _, c=fresh: (c.k, c.v, c.valid_mask(), q), repeats=repeats
+    )
     kt, vt = jnp.swapaxes(fresh.k, 2, 3), jnp.swapaxes(fresh.v, 2, 3)
     pieces["attention_kv_major"] = _time_per_call(
-        jax.jit(attention_kv_major),
-        lambda _, c=fresh, k=kt, v=vt: (k, v, c.valid_mask(), q), repeats=repeats)
+      jax.jit(attention_kv_major),
+      lambda _, c=fresh, k=kt, v=vt: (k, v, c.valid_mask(), q),
+      repeats=repeats,
+    )
     del kt, vt
     state["cache"] = fresh
-    pieces["cache_update"] = _time_per_call(jax.jit(update, donate_argnums=0), update_args,
-                                            repeats=repeats)
-    out["batches"][str(b)] = {name: {"ms": 1e3 * s["median"], "ms_min": 1e3 * s["min"],
-                                     "ms_max": 1e3 * s["max"]} for name, s in pieces.items()}
+    pieces["cache_update"] = _time_per_call(
+      jax.jit(update, donate_argnums=0), update_args, repeats=repeats
+    )
+    out["batches"][str(b)] = {
+      name: {"ms": 1e3 * s["median"], "ms_min": 1e3 * s["min"], "ms_max": 1e3 * s["max"]}
+      for name, s in pieces.items()
+    }
   return out
 
 
@@ -432,8 +491,11 @@ def _load(env: dict[str, Any]) -> str:
   text = f"{before:.1f} before the runs"
   if after is not None:
     text += f", {after:.1f} after"
-  return text + (" (other processes shared the cores)" if max(before, after or 0) > 1.5 * env.get(
-      "cpu_cores", 1) else "")
+  return text + (
+    " (other processes shared the cores)"
+    if max(before, after or 0) > 1.5 * env.get("cpu_cores", 1)
+    else ""
+  )
 
 
 def markdown(result: dict[str, Any], notes: str = "") -> str:
@@ -441,126 +503,171 @@ def markdown(result: dict[str, Any], notes: str = "") -> str:
   c, env, res = result["config"], result["environment"], result["results"]
   jx, pt = res["ps_jax"], res.get("transformers")
   ratios = res.get("ratio_ps_jax_over_transformers", {})
-  rows = [[f"prefill, {c['prefill_tokens']} tokens, batch {c['prefill_batch']}",
-           report.fmt_spread(jx["prefill"]["tokens_per_s"]),
-           report.fmt_spread(pt["prefill"]["tokens_per_s"]) if pt else "-",
-           report.fmt(ratios.get("prefill"), 2)]]
+  rows = [
+    [
+      f"prefill, {c['prefill_tokens']} tokens, batch {c['prefill_batch']}",
+      report.fmt_spread(jx["prefill"]["tokens_per_s"]),
+      report.fmt_spread(pt["prefill"]["tokens_per_s"]) if pt else "-",
+      report.fmt(ratios.get("prefill"), 2),
+    ]
+  ]
   for b, d in jx["decode"].items():
-    rows.append([f"decode, batch {b}", report.fmt_spread(d["tokens_per_s"]),
-                 report.fmt_spread(pt["decode"][b]["tokens_per_s"]) if pt else "-",
-                 report.fmt(ratios.get(f"decode_b{b}"), 2)])
-  step_rows = [[f"decode step, batch {b}", report.fmt(d["ms_per_step"], 2),
-                report.fmt(pt["decode"][b]["ms_per_step"], 2) if pt else "-"]
-               for b, d in jx["decode"].items()]
+    rows.append(
+      [
+        f"decode, batch {b}",
+        report.fmt_spread(d["tokens_per_s"]),
+        report.fmt_spread(pt["decode"][b]["tokens_per_s"]) if pt else "-",
+        report.fmt(ratios.get(f"decode_b{b}"), 2),
+      ]
+    )
+  step_rows = [
+    [
+      f"decode step, batch {b}",
+      report.fmt(d["ms_per_step"], 2),
+      report.fmt(pt["decode"][b]["ms_per_step"], 2) if pt else "-",
+    ]
+    for b, d in jx["decode"].items()
+  ]
+
   def compile_row(label, d, program):
     ev = d["compile_events_s"]
-    return [label, report.fmt(d["compile_s"], 2),
-            report.fmt(ev.get(f"backend_compile_duration:{program}"), 2),
-            report.fmt(d["first_call_overhead_s"], 2)]
+    return [
+      label,
+      report.fmt(d["compile_s"], 2),
+      report.fmt(ev.get(f"backend_compile_duration:{program}"), 2),
+      report.fmt(d["first_call_overhead_s"], 2),
+    ]
 
   compile_rows = [compile_row("prefill (`_prefill`)", jx["prefill"], "_prefill")]
-  compile_rows += [compile_row(f"decode loop (`_decode`), batch {b}", d, "_decode")
-                   for b, d in jx["decode"].items()]
+  compile_rows += [
+    compile_row(f"decode loop (`_decode`), batch {b}", d, "_decode")
+    for b, d in jx["decode"].items()
+  ]
   threads = env.get("threads", {})
   lines = [
-      f"# Forward throughput: {result['model']} ({result['dtype']})",
-      "",
-      f"Machine: {report.device_name(env)}; 1-minute load average {_load(env)}. "
-      f"Run {env['time_utc']}, jax "
-      f"{env['versions'].get('jax')}, torch {env['versions'].get('torch')}, transformers "
-      f"{env['versions'].get('transformers')}. Threads: "
-      f"{', '.join(f'{k}: {v}' for k, v in threads.items()) or 'defaults'}.",
-      "",
-      f"Tokens/s, median (min-max) of {c['repeats']} runs after {c['warmup']} warm-up run(s), "
-      "the frameworks' runs alternating; higher is better. Ratio = ps_jax / transformers "
-      "(medians).",
-      "",
-      report.markdown_table(["", "ps_jax (JAX/XLA)", "transformers eager (PyTorch)",
-                             "ratio"], rows),
-      "",
-      report.markdown_table(["ms per step (median)", "ps_jax", "transformers"], step_rows),
-      "",
-      "JAX compilation, excluded above (seconds, as JAX's compile events report them: "
-      "tracing + lowering + XLA compile of the program, and the XLA part alone; the first "
-      "call's extra time over the median call is shown for reference, it includes the noise "
-      "of one run):",
-      "",
-      report.markdown_table(["program", "compile", "of which XLA", "first-call overhead"],
-                            compile_rows),
-      "",
+    f"# Forward throughput: {result['model']} ({result['dtype']})",
+    "",
+    f"Machine: {report.device_name(env)}; 1-minute load average {_load(env)}. "
+    f"Run {env['time_utc']}, jax "
+    f"{env['versions'].get('jax')}, torch {env['versions'].get('torch')}, transformers "
+    f"{env['versions'].get('transformers')}. Threads: "
+    f"{', '.join(f'{k}: {v}' for k, v in threads.items()) or 'defaults'}.",
+    "",
+    f"Tokens/s, median (min-max) of {c['repeats']} runs after {c['warmup']} warm-up run(s), "
+    "the frameworks' runs alternating; higher is better. Ratio = ps_jax / transformers "
+    "(medians).",
+    "",
+    report.markdown_table(["", "ps_jax (JAX/XLA)", "transformers eager (PyTorch)", "ratio"], rows),
+    "",
+    report.markdown_table(["ms per step (median)", "ps_jax", "transformers"], step_rows),
+    "",
+    "JAX compilation, excluded above (seconds, as JAX's compile events report them: "
+    "tracing + lowering + XLA compile of the program, and the XLA part alone; the first "
+    "call's extra time over the median call is shown for reference, it includes the noise "
+    "of one run):",
+    "",
+    report.markdown_table(
+      ["program", "compile", "of which XLA", "first-call overhead"], compile_rows
+    ),
+    "",
   ]
   if res.get("greedy_agreement"):
-    lines += ["Greedy tokens agree between the frameworks on "
-              + ", ".join(f"{100 * v:.0f}% (batch {b})" for b, v in res["greedy_agreement"].items())
-              + " of the decoded length (share before the first difference).", ""]
+    lines += [
+      "Greedy tokens agree between the frameworks on "
+      + ", ".join(f"{100 * v:.0f}% (batch {b})" for b, v in res["greedy_agreement"].items())
+      + " of the decoded length (share before the first difference).",
+      "",
+    ]
   lines += [
-      "## Method",
-      "",
-      f"- Prefill: one forward over {c['prefill_tokens']} prompt tokens at batch "
-      f"{c['prefill_batch']} that fills a KV cache and picks the first token from the last "
-      "position (ps_jax: the prefill of `generate_ids`; transformers: `model(ids, "
-      "use_cache=True, logits_to_keep=1)` + argmax).",
-      f"- Decode: greedy, exactly {c['decode_new_tokens']} new tokens after a "
-      f"{c['decode_prompt_tokens']}-token prompt, rows of equal length (no padding). EOS is "
-      "disabled: ps_jax gets the stop id -1, which no token can equal (every row is checked to "
-      "run the full length); transformers gets `min_new_tokens = max_new_tokens`. ps_jax times "
-      "its jitted decode loop (one step per token); transformers times `generate` from its first "
-      "step to its last with a logits processor that notes the time of each step (N - 1 "
-      "steps, generate's per-step overhead included).",
-      "- Prompts: the same token ids for both frameworks (windows of a fixed English text).",
-      "- fp32 weights in both, dequantized from the same GGUF file; transformers uses "
-      "`attn_implementation=\"eager\"` under `torch.inference_mode()`.",
-      "- Regenerate: `python -m launch.bench_forward --config configs/bench_forward.py` "
-      "(writes forward.json, forward.md, forward.png).",
-      "",
+    "## Method",
+    "",
+    f"- Prefill: one forward over {c['prefill_tokens']} prompt tokens at batch "
+    f"{c['prefill_batch']} that fills a KV cache and picks the first token from the last "
+    "position (ps_jax: the prefill of `generate_ids`; transformers: `model(ids, "
+    "use_cache=True, logits_to_keep=1)` + argmax).",
+    f"- Decode: greedy, exactly {c['decode_new_tokens']} new tokens after a "
+    f"{c['decode_prompt_tokens']}-token prompt, rows of equal length (no padding). EOS is "
+    "disabled: ps_jax gets the stop id -1, which no token can equal (every row is checked to "
+    "run the full length); transformers gets `min_new_tokens = max_new_tokens`. ps_jax times "
+    "its jitted decode loop (one step per token); transformers times `generate` from its first "
+    "step to its last with a logits processor that notes the time of each step (N - 1 "
+    "steps, generate's per-step overhead included).",
+    "- Prompts: the same token ids for both frameworks (windows of a fixed English text).",
+    "- fp32 weights in both, dequantized from the same GGUF file; transformers uses "
+    '`attn_implementation="eager"` under `torch.inference_mode()`.',
+    "- Regenerate: `python -m launch.bench_forward --config configs/bench_forward.py` "
+    "(writes forward.json, forward.md, forward.png).",
+    "",
   ]
   if result.get("decode_step_analysis"):
-    per_step = {name: {b: d["ms_per_step"] for b, d in r["decode"].items()}
-                for name, r in (("ps_jax", jx), ("transformers", pt)) if r}
+    per_step = {
+      name: {b: d["ms_per_step"] for b, d in r["decode"].items()}
+      for name, r in (("ps_jax", jx), ("transformers", pt))
+      if r
+    }
     lines += [analysis_markdown(result["decode_step_analysis"], per_step), ""]
   if notes:
     lines += [notes.rstrip(), ""]
   return "\n".join(lines)
 
 
-def analysis_markdown(a: dict[str, Any], ms_per_step: dict[str, dict[str, float]] | None = None
-                      ) -> str:
+def analysis_markdown(
+  a: dict[str, Any], ms_per_step: dict[str, dict[str, float]] | None = None
+) -> str:
   """Markdown for a `decode_step_analysis` result. ms_per_step: {"ps_jax": {batch: ms},
   "transformers": {batch: ms}} from the throughput runs, shown beside the pieces."""
   ms_per_step = ms_per_step or {}
-  headers = ["", "step (jit, 1 call)", "weight matmuls", "LM head", "attention",
-             "attention, [K, S, H] cache", "cache update", "weights roofline"]
+  headers = [
+    "",
+    "step (jit, 1 call)",
+    "weight matmuls",
+    "LM head",
+    "attention",
+    "attention, [K, S, H] cache",
+    "cache update",
+    "weights roofline",
+  ]
   extra = [k for k in ("ps_jax", "transformers") if ms_per_step.get(k)]
   headers += [f"{k} decode loop, per step" for k in extra]
   rows = []
   for b, p in a["batches"].items():
-    row = [f"batch {b}"] + [report.fmt(p[k]["ms"], 2) for k in (
-        "step", "weight_matmuls", "lm_head", "attention", "attention_kv_major", "cache_update")]
+    row = [f"batch {b}"] + [
+      report.fmt(p[k]["ms"], 2)
+      for k in (
+        "step",
+        "weight_matmuls",
+        "lm_head",
+        "attention",
+        "attention_kv_major",
+        "cache_update",
+      )
+    ]
     row.append(report.fmt(a["roofline_weights_ms"], 2))
     row += [report.fmt(ms_per_step[k].get(b), 2) for k in extra]
     rows.append(row)
   lines = [
-      "## Where a decode step's time goes (ps_jax, XLA CPU)",
-      "",
-      f"Milliseconds per call (median), KV cache of {a['cache_len']} slots half full. "
-      f"Parameters: {a['param_bytes'] / 2 ** 20:,.0f} MiB; measured read bandwidth "
-      f"{a['read_bandwidth_gb_s']:.1f} GB/s (the faster of a jitted sum and a jitted "
-      "matrix-vector product over a large array), so streaming the "
-      f"weights once takes {a['roofline_weights_ms']:.1f} ms (the roofline of a memory-bound "
-      "decode step).",
-      "",
-      report.markdown_table(headers, rows),
-      "",
+    "## Where a decode step's time goes (ps_jax, XLA CPU)",
+    "",
+    f"Milliseconds per call (median), KV cache of {a['cache_len']} slots half full. "
+    f"Parameters: {a['param_bytes'] / 2**20:,.0f} MiB; measured read bandwidth "
+    f"{a['read_bandwidth_gb_s']:.1f} GB/s (the faster of a jitted sum and a jitted "
+    "matrix-vector product over a large array), so streaming the "
+    f"weights once takes {a['roofline_weights_ms']:.1f} ms (the roofline of a memory-bound "
+    "decode step).",
+    "",
+    report.markdown_table(headers, rows),
+    "",
   ]
   for b, p in a["batches"].items():
     step, mm = p["step"]["ms"], p["weight_matmuls"]["ms"]
     lines.append(
-        f"- Batch {b}: the weight matmuls alone take {mm:.1f} ms, {100 * mm / step:.0f}% of "
-        f"the {step:.1f} ms step (the LM head {p['lm_head']['ms']:.1f} ms of it); the step is "
-        f"{step / a['roofline_weights_ms']:.2f}x the weights roofline. Attention over the "
-        f"padded cache {p['attention']['ms']:.1f} ms ({100 * p['attention']['ms'] / step:.0f}%; "
-        f"{p['attention_kv_major']['ms']:.1f} ms with a [K, S, H] cache layout), the cache "
-        f"write {p['cache_update']['ms']:.2f} ms.")
+      f"- Batch {b}: the weight matmuls alone take {mm:.1f} ms, {100 * mm / step:.0f}% of "
+      f"the {step:.1f} ms step (the LM head {p['lm_head']['ms']:.1f} ms of it); the step is "
+      f"{step / a['roofline_weights_ms']:.2f}x the weights roofline. Attention over the "
+      f"padded cache {p['attention']['ms']:.1f} ms ({100 * p['attention']['ms'] / step:.0f}%; "
+      f"{p['attention_kv_major']['ms']:.1f} ms with a [K, S, H] cache layout), the cache "
+      f"write {p['cache_update']['ms']:.2f} ms."
+    )
   return "\n".join(lines) + "\n"
 
 
@@ -610,18 +717,23 @@ not regenerated by the benchmark.
 def chart(result: dict[str, Any]) -> report.BarChart:
   res = result["results"]
   groups = [f"prefill b{result['config']['prefill_batch']}"] + [
-      f"decode b{b}" for b in res["ps_jax"]["decode"]]
+    f"decode b{b}" for b in res["ps_jax"]["decode"]
+  ]
 
   def values(r):
     return [r["prefill"]["tokens_per_s"]["median"]] + [
-        d["tokens_per_s"]["median"] for d in r["decode"].values()]
+      d["tokens_per_s"]["median"] for d in r["decode"].values()
+    ]
 
   series = {"ps_jax (JAX/XLA)": values(res["ps_jax"])}
   if "transformers" in res:
     series["transformers eager"] = values(res["transformers"])
   return report.BarChart(
-      title=f"{result['model']} {result['dtype']}, {report.device_name(result['environment'])}",
-      ylabel="tokens/s (median)", groups=groups, values=series)
+    title=f"{result['model']} {result['dtype']}, {report.device_name(result['environment'])}",
+    ylabel="tokens/s (median)",
+    groups=groups,
+    values=series,
+  )
 
 
 def write(result: dict[str, Any], stem: str, notes: str = "") -> dict[str, str]:

@@ -59,22 +59,23 @@ def environment(packages: Sequence[str] = DEFAULT_PACKAGES, **extra) -> dict[str
   `extra` entries (e.g. thread settings) are added as they are.
   """
   import jax  # pylint: disable=import-outside-toplevel
+
   devices = jax.devices()
   try:
     load = os.getloadavg()
   except OSError:
     load = None
   env = {
-      "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "python": platform.python_version(),
-      "os": platform.platform(),
-      "machine": platform.machine(),
-      "cpu_model": cpu_model(),
-      "cpu_cores": schedulable_cores(),
-      "load_average_1_5_15": list(load) if load else None,
-      "jax_backend": jax.default_backend(),
-      "jax_devices": [f"{d.platform}:{d.device_kind}" for d in devices],
-      "versions": package_versions(packages),
+    "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "python": platform.python_version(),
+    "os": platform.platform(),
+    "machine": platform.machine(),
+    "cpu_model": cpu_model(),
+    "cpu_cores": schedulable_cores(),
+    "load_average_1_5_15": list(load) if load else None,
+    "jax_backend": jax.default_backend(),
+    "jax_devices": [f"{d.platform}:{d.device_kind}" for d in devices],
+    "versions": package_versions(packages),
   }
   env.update(extra)
   return env
@@ -93,8 +94,13 @@ def summarize(samples: Sequence[float]) -> dict[str, Any]:
   if not samples:
     raise ValueError("summarize: no samples")
   xs = [float(x) for x in samples]
-  return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs),
-          "samples": xs}
+  return {
+    "median": statistics.median(xs),
+    "min": min(xs),
+    "max": max(xs),
+    "n": len(xs),
+    "samples": xs,
+  }
 
 
 def rate(amount: float, seconds: Mapping[str, Any]) -> dict[str, Any]:
@@ -102,12 +108,17 @@ def rate(amount: float, seconds: Mapping[str, Any]) -> dict[str, Any]:
 
   The median rate is amount / median time; min and max come from the max and min times.
   """
-  return {"median": amount / seconds["median"], "min": amount / seconds["max"],
-          "max": amount / seconds["min"], "n": seconds["n"]}
+  return {
+    "median": amount / seconds["median"],
+    "min": amount / seconds["max"],
+    "max": amount / seconds["min"],
+    "n": seconds["n"],
+  }
 
 
-def repeat(fn: Callable[[], Any], *, repeats: int, warmup: int = 1,
-           sync: Callable[[Any], Any] | None = None) -> tuple[list[float], list[float]]:
+def repeat(
+  fn: Callable[[], Any], *, repeats: int, warmup: int = 1, sync: Callable[[Any], Any] | None = None
+) -> tuple[list[float], list[float]]:
   """Wall times of `warmup` then `repeats` calls of fn; returns (warmup_times, times).
 
   `sync(result)` runs inside the timed region (e.g. `jax.block_until_ready`), so that
@@ -125,8 +136,11 @@ def repeat(fn: Callable[[], Any], *, repeats: int, warmup: int = 1,
   return times[:warmup], times[warmup:]
 
 
-COMPILE_PHASES = ("jaxpr_trace_duration", "jaxpr_to_mlir_module_duration",
-                  "backend_compile_duration")
+COMPILE_PHASES = (
+  "jaxpr_trace_duration",
+  "jaxpr_to_mlir_module_duration",
+  "backend_compile_duration",
+)
 
 
 @contextlib.contextmanager
@@ -192,7 +206,7 @@ def fmt(x: float | None, digits: int = 1) -> str:
 
 
 def fmt_spread(s: Mapping[str, Any] | None, digits: int = 1) -> str:
-  """"median (min-max)" of a summarize/rate dict."""
+  """ "median (min-max)" of a summarize/rate dict."""
   if not s:
     return "-"
   return f"{fmt(s['median'], digits)} ({fmt(s['min'], digits)}-{fmt(s['max'], digits)})"
@@ -219,6 +233,7 @@ class BarChart:
 def write_bar_chart(path: str, chart: BarChart) -> None:
   """Writes a PNG bar chart (matplotlib's Agg backend, no display needed)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
@@ -230,8 +245,9 @@ def write_bar_chart(path: str, chart: BarChart) -> None:
     ys = [0.0 if v is None else float(v) for v in vals]
     bars = ax.bar(xs, ys, width, label=name)
     if chart.annotate:
-      ax.bar_label(bars, labels=[("" if v is None else f"{v:,.0f}") for v in vals],
-                   fontsize=8, padding=2)
+      ax.bar_label(
+        bars, labels=[("" if v is None else f"{v:,.0f}") for v in vals], fontsize=8, padding=2
+      )
   ax.set_xticks(range(len(chart.groups)), chart.groups)
   ax.set_ylabel(chart.ylabel)
   ax.set_title(chart.title, fontsize=10)
@@ -242,8 +258,9 @@ def write_bar_chart(path: str, chart: BarChart) -> None:
   plt.close(fig)
 
 
-def write_report(stem: str, result: Mapping[str, Any], markdown: str,
-                 chart: BarChart | None = None) -> dict[str, str]:
+def write_report(
+  stem: str, result: Mapping[str, Any], markdown: str, chart: BarChart | None = None
+) -> dict[str, str]:
   """Writes stem.json (the result), stem.md (markdown) and stem.png (chart, if given).
 
   Creates the folder; returns {"json": path, "md": path[, "png": path]}.

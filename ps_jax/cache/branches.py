@@ -47,8 +47,9 @@ class BranchCaches:
     """Rotates every key from its position to its slot index: branch r sits at [0, L_r)."""
     delta = jnp.arange(self.num_slots) - self.positions  # [B, R, S]
     k = apply_rope(self.k, jnp.broadcast_to(delta, self.k.shape[:4]), inv_freq)
-    return self.replace(k=k, positions=jnp.broadcast_to(jnp.arange(self.num_slots),
-                                                         self.positions.shape))
+    return self.replace(
+      k=k, positions=jnp.broadcast_to(jnp.arange(self.num_slots), self.positions.shape)
+    )
 
   def merged(self) -> PrefixKV:
     """Branches concatenated along the sequence axis, in branch order: [L, B, R*S, K, H]."""
@@ -56,8 +57,9 @@ class BranchCaches:
     mask = self.mask()
     # Padding slots get probability exactly 0, but 0 * (inf or NaN junk) would still be NaN.
     k, v = (jnp.where(mask[None, :, :, :, None, None], x, 0) for x in (self.k, self.v))
-    return PrefixKV(k=k.reshape(l, b, r * s, kh, h), v=v.reshape(l, b, r * s, kh, h),
-                    mask=mask.reshape(b, r * s))
+    return PrefixKV(
+      k=k.reshape(l, b, r * s, kh, h), v=v.reshape(l, b, r * s, kh, h), mask=mask.reshape(b, r * s)
+    )
 
 
 @dataclasses.dataclass

@@ -28,8 +28,9 @@ class KVCache:
   @classmethod
   def init(cls, config: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> "KVCache":
     shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
-    return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-               end_index=jnp.zeros((batch,), jnp.int32))
+    return cls(
+      k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), end_index=jnp.zeros((batch,), jnp.int32)
+    )
 
   @property
   def max_len(self) -> int:
@@ -41,8 +42,11 @@ class KVCache:
 
   def repeat(self, n: int) -> "KVCache":
     """Each row repeated n times (row b -> rows b*n .. b*n+n-1), e.g. to fan out samples."""
-    return KVCache(k=jnp.repeat(self.k, n, axis=1), v=jnp.repeat(self.v, n, axis=1),
-                   end_index=jnp.repeat(self.end_index, n))
+    return KVCache(
+      k=jnp.repeat(self.k, n, axis=1),
+      v=jnp.repeat(self.v, n, axis=1),
+      end_index=jnp.repeat(self.end_index, n),
+    )
 
   def append(self, k_new: Array, v_new: Array, lengths: Array) -> "KVCache":
     """Writes k_new, v_new [L, B, T, K, H] at end_index; advances end_index by lengths [B].

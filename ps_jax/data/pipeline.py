@@ -40,49 +40,69 @@ class TokenizedSet:
   stats: RowStats
 
 
-def tokenize_row(row: Row, tokenizer, cfg: PipelineConfig,
-                 templates: PromptTemplates = PromptTemplates()) -> dict[str, np.ndarray]:
+def tokenize_row(
+  row: Row, tokenizer, cfg: PipelineConfig, templates: PromptTemplates = PromptTemplates()
+) -> dict[str, np.ndarray]:
   """One training example; raises MalformedRow for a row that does not fit the buckets."""
   validate(row)
   if len(row.contexts) > cfg.max_branches:
-    raise MalformedRow("contexts", "too_many",
-                       f"{len(row.contexts)} branches > max_branches={cfg.max_branches}")
+    raise MalformedRow(
+      "contexts", "too_many", f"{len(row.contexts)} branches > max_branches={cfg.max_branches}"
+    )
   branch = np.zeros((cfg.max_branches, cfg.branch_tokens), np.int32)
   branch_lengths = np.zeros((cfg.max_branches,), np.int32)
   for r, ctx in enumerate(row.contexts):
     ids = tokenizer.encode(ctx, add_special_tokens=False)
     if len(ids) > cfg.branch_tokens:
-      raise MalformedRow("contexts", "too_long", f"contexts[{r}] has {len(ids)} tokens > "
-                         f"branch_tokens={cfg.branch_tokens}")
-    branch[r, :len(ids)] = ids
+      raise MalformedRow(
+        "contexts",
+        "too_long",
+        f"contexts[{r}] has {len(ids)} tokens > branch_tokens={cfg.branch_tokens}",
+      )
+    branch[r, : len(ids)] = ids
     branch_lengths[r] = len(ids)
-  prompt = _ids(tokenizer.apply_chat_template(templates.latent_synthesizer_messages(row.query),
-                                              add_generation_prompt=True, tokenize=True))
-  target = tokenizer.encode(row.answer.strip(), add_special_tokens=False) + [
-      tokenizer.eos_token_id]
+  prompt = _ids(
+    tokenizer.apply_chat_template(
+      templates.latent_synthesizer_messages(row.query), add_generation_prompt=True, tokenize=True
+    )
+  )
+  target = tokenizer.encode(row.answer.strip(), add_special_tokens=False) + [tokenizer.eos_token_id]
   ids = prompt + target
   if len(target) > cfg.target_tokens:
-    raise MalformedRow("answer", "too_long", f"answer has {len(target)} tokens > "
-                       f"target_tokens={cfg.target_tokens}")
+    raise MalformedRow(
+      "answer", "too_long", f"answer has {len(target)} tokens > target_tokens={cfg.target_tokens}"
+    )
   if len(ids) > cfg.synth_tokens:
-    raise MalformedRow("answer", "too_long", f"prompt + answer have {len(ids)} tokens > "
-                       f"synth_tokens={cfg.synth_tokens}")
+    raise MalformedRow(
+      "answer",
+      "too_long",
+      f"prompt + answer have {len(ids)} tokens > synth_tokens={cfg.synth_tokens}",
+    )
   synth = np.zeros((cfg.synth_tokens,), np.int32)
-  synth[:len(ids)] = ids
+  synth[: len(ids)] = ids
   loss_mask = np.zeros((cfg.synth_tokens,), np.float32)
-  loss_mask[len(prompt) - 1:len(ids) - 1] = 1.0  # logits at t predict token t + 1
-  return {"branch_tokens": branch, "branch_lengths": branch_lengths, "synth_tokens": synth,
-          "synth_lengths": np.int32(len(ids)), "loss_mask": loss_mask,
-          "target_start": np.int32(len(prompt) - 1)}
+  loss_mask[len(prompt) - 1 : len(ids) - 1] = 1.0  # logits at t predict token t + 1
+  return {
+    "branch_tokens": branch,
+    "branch_lengths": branch_lengths,
+    "synth_tokens": synth,
+    "synth_lengths": np.int32(len(ids)),
+    "loss_mask": loss_mask,
+    "target_start": np.int32(len(prompt) - 1),
+  }
 
 
 def _ids(encoded) -> list[int]:
   return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
-def tokenize_rows(rows: Sequence[Row], tokenizer, cfg: PipelineConfig,
-                  templates: PromptTemplates = PromptTemplates(),
-                  stats: RowStats | None = None) -> TokenizedSet:
+def tokenize_rows(
+  rows: Sequence[Row],
+  tokenizer,
+  cfg: PipelineConfig,
+  templates: PromptTemplates = PromptTemplates(),
+  stats: RowStats | None = None,
+) -> TokenizedSet:
   """Tokenizes every row, skipping (and counting) those that cannot be trained on."""
   stats = stats if stats is not None else RowStats()
   examples = []
@@ -96,14 +116,20 @@ def tokenize_rows(rows: Sequence[Row], tokenizer, cfg: PipelineConfig,
   return TokenizedSet(examples, stats)
 
 
-def make_dataset(examples: Sequence[dict[str, np.ndarray]], cfg: PipelineConfig, *,
-                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+def make_dataset(
+  examples: Sequence[dict[str, np.ndarray]],
+  cfg: PipelineConfig,
+  *,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> grain.IterDataset:
   """Batches of this process's share: each global batch is split evenly across processes."""
   if not examples:
     raise ValueError("no trainable examples (all rows were skipped?)")
   if cfg.batch_size % process_count:
-    raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the "
-                     f"{process_count} processes")
+    raise ValueError(
+      f"batch_size={cfg.batch_size} is not divisible by the {process_count} processes"
+    )
   ds = grain.MapDataset.source(list(examples))
   if cfg.shuffle:
     ds = ds.shuffle(seed=cfg.seed)

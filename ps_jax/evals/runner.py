@@ -32,9 +32,9 @@ EVAL_TEMPLATES = PromptTemplates(worker="{question}")
 
 
 class Workflow(Protocol):
-
-  def __call__(self, model: Transformer, tokenizer, examples: Sequence[EvalExample],
-               rng: jax.Array) -> Branches:
+  def __call__(
+    self, model: Transformer, tokenizer, examples: Sequence[EvalExample], rng: jax.Array
+  ) -> Branches:
     """The branches (worker outputs) of a batch of examples."""
 
 
@@ -49,10 +49,17 @@ class SamplingWorkers:
   templates: PromptTemplates = EVAL_TEMPLATES
 
   def __call__(self, model, tokenizer, examples, rng):
-    return run_workers(model, tokenizer, [format_question(e) for e in examples],
-                       num_branches=self.num_branches, max_new_tokens=self.max_new_tokens,
-                       rng=rng, temperature=self.temperature, top_p=self.top_p,
-                       templates=self.templates)
+    return run_workers(
+      model,
+      tokenizer,
+      [format_question(e) for e in examples],
+      num_branches=self.num_branches,
+      max_new_tokens=self.max_new_tokens,
+      rng=rng,
+      temperature=self.temperature,
+      top_p=self.top_p,
+      templates=self.templates,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,9 +91,16 @@ def _read_done(path: str) -> dict[str, dict]:
   return done
 
 
-def run_eval(model: Transformer, tokenizer, examples: Sequence[EvalExample], cfg: EvalConfig,
-             workdir: str, *, workflow: Workflow = SamplingWorkers(),
-             adapter: Adapter | None = None) -> dict:
+def run_eval(
+  model: Transformer,
+  tokenizer,
+  examples: Sequence[EvalExample],
+  cfg: EvalConfig,
+  workdir: str,
+  *,
+  workflow: Workflow = SamplingWorkers(),
+  adapter: Adapter | None = None,
+) -> dict:
   """Evaluates every method on every example; resumes from WORKDIR/results.jsonl.
 
   Examples are processed in fixed chunks of batch_size whose rng depends only on the seed
@@ -102,9 +116,11 @@ def run_eval(model: Transformer, tokenizer, examples: Sequence[EvalExample], cfg
   done = _read_done(path)
   with open(path, "w") as f:  # drop a line cut by a kill, so appends start on a fresh line
     f.writelines(json.dumps(r) + "\n" for r in done.values())
-  chunks = [examples[i:i + cfg.batch_size] for i in range(0, len(examples), cfg.batch_size)]
-  with open(path, "a") as out, tqdm(total=len(examples), initial=len(done), desc="eval",
-                                    unit="example") as bar:
+  chunks = [examples[i : i + cfg.batch_size] for i in range(0, len(examples), cfg.batch_size)]
+  with (
+    open(path, "a") as out,
+    tqdm(total=len(examples), initial=len(done), desc="eval", unit="example") as bar,
+  ):
     for index, chunk in enumerate(chunks):
       if all(e.id in done for e in chunk):
         continue
@@ -113,22 +129,36 @@ def run_eval(model: Transformer, tokenizer, examples: Sequence[EvalExample], cfg
       questions = [format_question(e) for e in chunk]
       per_method = {}
       for m in cfg.methods:
-        per_method[m] = synthesize(model, tokenizer, branches, questions, method=m,
-                                   adapter=None if m == "text" else adapter,
-                                   max_new_tokens=cfg.max_new_tokens, templates=cfg.templates)
+        per_method[m] = synthesize(
+          model,
+          tokenizer,
+          branches,
+          questions,
+          method=m,
+          adapter=None if m == "text" else adapter,
+          max_new_tokens=cfg.max_new_tokens,
+          templates=cfg.templates,
+        )
       for i, ex in enumerate(chunk):
         if ex.id in done:
           continue
-        rec = {"id": ex.id, "chunk": index, "question": ex.question, "gold": ex.gold,
-               "branches": branches.texts[i], "methods": {}}
+        rec = {
+          "id": ex.id,
+          "chunk": index,
+          "question": ex.question,
+          "gold": ex.gold,
+          "branches": branches.texts[i],
+          "methods": {},
+        }
         for m, res in per_method.items():
           rec["methods"][m] = {
-              "output": res.texts[i],
-              "score": score_example(ex, res.texts[i], timeout_s=cfg.code_timeout_s,
-                                     limits=cfg.sandbox_limits),
-              "ttft_s": res.ttft_s,  # of the whole chunk (one batched synthesizer call)
-              "prompt_tokens": int(res.prompt_tokens[i]),
-              "generated_tokens": int(res.generated_tokens[i]),
+            "output": res.texts[i],
+            "score": score_example(
+              ex, res.texts[i], timeout_s=cfg.code_timeout_s, limits=cfg.sandbox_limits
+            ),
+            "ttft_s": res.ttft_s,  # of the whole chunk (one batched synthesizer call)
+            "prompt_tokens": int(res.prompt_tokens[i]),
+            "generated_tokens": int(res.generated_tokens[i]),
           }
         out.write(json.dumps(rec) + "\n")
         out.flush()
@@ -148,18 +178,21 @@ def summarize(records: Sequence[dict], methods: Sequence[str]) -> dict:
     scores = [r["methods"][m]["score"] for r in records]
     chunk_ttft = {r["chunk"]: r["methods"][m]["ttft_s"] for r in records}
     out["methods"][m] = {
-        "accuracy": float(np.mean(scores)) if scores else float("nan"),
-        "ttft_median_s": float(np.median(list(chunk_ttft.values()))) if chunk_ttft else None,
-        "prompt_tokens_mean": float(np.mean([r["methods"][m]["prompt_tokens"]
-                                             for r in records])) if records else None,
-        "generated_tokens_mean": float(np.mean([r["methods"][m]["generated_tokens"]
-                                                for r in records])) if records else None,
+      "accuracy": float(np.mean(scores)) if scores else float("nan"),
+      "ttft_median_s": float(np.median(list(chunk_ttft.values()))) if chunk_ttft else None,
+      "prompt_tokens_mean": float(np.mean([r["methods"][m]["prompt_tokens"] for r in records]))
+      if records
+      else None,
+      "generated_tokens_mean": float(
+        np.mean([r["methods"][m]["generated_tokens"] for r in records])
+      )
+      if records
+      else None,
     }
   if "text" in out["methods"]:
     base = out["methods"]["text"]["ttft_median_s"]
     for m, s in out["methods"].items():
-      s["ttft_speedup_vs_text"] = (base / s["ttft_median_s"]
-                                   if base and s["ttft_median_s"] else None)
+      s["ttft_speedup_vs_text"] = base / s["ttft_median_s"] if base and s["ttft_median_s"] else None
   return out
 
 
@@ -169,11 +202,15 @@ def write_summary(summary: dict, workdir: str, title: str = "Evaluation") -> Non
   lines = [f"# {title}", "", f"{summary['num_examples']} examples.", ""]
   if summary.get("sandbox_isolation"):
     lines += [f"Generated code ran in the sandbox: {summary['sandbox_isolation']}.", ""]
-  lines += ["| method | accuracy (%) | TTFT median (ms) | speed-up vs text | prompt tokens |",
-            "|---|---|---|---|---|"]
+  lines += [
+    "| method | accuracy (%) | TTFT median (ms) | speed-up vs text | prompt tokens |",
+    "|---|---|---|---|---|",
+  ]
   for m, s in summary["methods"].items():
     speed = s.get("ttft_speedup_vs_text")
-    lines.append(f"| {m} | {100 * s['accuracy']:.1f} | {1e3 * (s['ttft_median_s'] or 0):.1f} | "
-                 f"{'' if speed is None else f'{speed:.2f}x'} | {s['prompt_tokens_mean']:.0f} |")
+    lines.append(
+      f"| {m} | {100 * s['accuracy']:.1f} | {1e3 * (s['ttft_median_s'] or 0):.1f} | "
+      f"{'' if speed is None else f'{speed:.2f}x'} | {s['prompt_tokens_mean']:.0f} |"
+    )
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write("\n".join(lines) + "\n")

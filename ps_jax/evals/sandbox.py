@@ -84,8 +84,17 @@ _WORKDIR = "/tmp/work"
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 # Fresh uids come from a range no distribution allocates, so a run's processes are only its own.
 _UID_BASE, _UID_SPAN = 1_500_000_000, 100_000_000
-_NS_FLAGS = ("--mount", "--propagation", "private", "--net", "--pid", "--ipc", "--uts", "--fork",
-             "--kill-child")
+_NS_FLAGS = (
+  "--mount",
+  "--propagation",
+  "private",
+  "--net",
+  "--pid",
+  "--ipc",
+  "--uts",
+  "--fork",
+  "--kill-child",
+)
 
 # The program's process: `python -I -c _WRAPPER`, cwd /tmp/work, fd 3 = token in, fd 4 = out.
 _WRAPPER = r"""
@@ -312,17 +321,23 @@ class _Isolation:
   reason: str = ""  # why containment is unavailable (unsafe / refused)
 
   def describe(self) -> str:
-    common = ("namespaces pid,net,mount,ipc,uts; minimal read-only root with private tmpfs "
-              "/tmp,/var/tmp,/dev/shm,/run/lock; empty environment; rlimits")
+    common = (
+      "namespaces pid,net,mount,ipc,uts; minimal read-only root with private tmpfs "
+      "/tmp,/var/tmp,/dev/shm,/run/lock; empty environment; rlimits"
+    )
     if self.mode == "contained_root":
       return f"contained: {common}; fresh uid"
     if self.mode == "contained_userns":
       return f"contained: user namespace, {common}; all capabilities dropped"
     if self.mode == "unsafe":
-      return (f"UNSAFE (opted in with allow_unsafe / {UNSAFE_ENV}=1): rlimits only, no network, "
-              f"filesystem or environment containment; containment failed: {self.reason}")
-    return (f"refused: containment unavailable ({self.reason}); to run generated code without "
-            f"it, opt in with SandboxLimits(allow_unsafe=True) or {UNSAFE_ENV}=1")
+      return (
+        f"UNSAFE (opted in with allow_unsafe / {UNSAFE_ENV}=1): rlimits only, no network, "
+        f"filesystem or environment containment; containment failed: {self.reason}"
+      )
+    return (
+      f"refused: containment unavailable ({self.reason}); to run generated code without "
+      f"it, opt in with SandboxLimits(allow_unsafe=True) or {UNSAFE_ENV}=1"
+    )
 
 
 def _new_uid() -> int:
@@ -333,9 +348,16 @@ def _env(workdir: str) -> dict[str, str]:
   # Nothing from the parent leaks in. (-I already ignores PYTHON* variables, so no hash seed.)
   # One BLAS/OpenMP thread: threads count against RLIMIT_NPROC, and per-thread buffers
   # against RLIMIT_AS (numpy's OpenBLAS would reserve them for every core).
-  return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-          "HOME": workdir, "TMPDIR": "/tmp", "OPENBLAS_NUM_THREADS": "1",
-          "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+  return {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "HOME": workdir,
+    "TMPDIR": "/tmp",
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+  }
 
 
 def _interpreter() -> str:
@@ -358,17 +380,23 @@ def _root_layout() -> tuple[list[list[str]], list[str]]:
   return symlinks, binds
 
 
-def _build_argv(iso: _Isolation, host_dir: str, timeout_s: float, limits: SandboxLimits,
-                uid: int | None, status_fd: int) -> list[str]:
+def _build_argv(
+  iso: _Isolation,
+  host_dir: str,
+  timeout_s: float,
+  limits: SandboxLimits,
+  uid: int | None,
+  status_fd: int,
+) -> list[str]:
   """Write the bootstrap and its plan into host_dir; return the command line."""
   cpu = max(1, math.ceil(timeout_s)) + 1  # a backstop: the wall-clock timeout comes first
   rlimits = [
-      ("RLIMIT_CPU", cpu, cpu + 1),  # soft: SIGXCPU, hard: SIGKILL
-      ("RLIMIT_AS", limits.memory_bytes, limits.memory_bytes),
-      ("RLIMIT_NPROC", limits.max_processes, limits.max_processes),
-      ("RLIMIT_FSIZE", limits.max_file_bytes, limits.max_file_bytes),
-      ("RLIMIT_NOFILE", limits.max_open_files, limits.max_open_files),
-      ("RLIMIT_CORE", 0, 0),
+    ("RLIMIT_CPU", cpu, cpu + 1),  # soft: SIGXCPU, hard: SIGKILL
+    ("RLIMIT_AS", limits.memory_bytes, limits.memory_bytes),
+    ("RLIMIT_NPROC", limits.max_processes, limits.max_processes),
+    ("RLIMIT_FSIZE", limits.max_file_bytes, limits.max_file_bytes),
+    ("RLIMIT_NOFILE", limits.max_open_files, limits.max_open_files),
+    ("RLIMIT_CORE", 0, 0),
   ]
   contained = iso.mode.startswith("contained")
   if not contained:
@@ -378,23 +406,23 @@ def _build_argv(iso: _Isolation, host_dir: str, timeout_s: float, limits: Sandbo
   with open(os.path.join("/proc/sys/kernel/cap_last_cap")) as f:
     cap_last_cap = int(f.read())
   plan = {
-      "program_src": os.path.join(host_dir, "program.py"),
-      "status_fd": status_fd,
-      "root": os.path.join(host_dir, "root") if contained else None,
-      "userns": iso.mode == "contained_userns",
-      "symlinks": symlinks,
-      "ro_binds": binds,
-      "devices": [d for d in _DEVICES if os.path.exists(f"/dev/{d}")],
-      "tmpfs": list(_PRIVATE_TMPFS),
-      "tmpfs_bytes": limits.tmpfs_bytes,
-      "workdir": workdir,
-      "uid": uid,
-      "rlimits": rlimits,
-      "cap_last_cap": cap_last_cap,
-      "sys_pivot_root": _SYS_PIVOT_ROOT.get(platform.machine(), -1),
-      "python": _interpreter(),
-      "wrapper": _WRAPPER,
-      "env": _env(workdir),
+    "program_src": os.path.join(host_dir, "program.py"),
+    "status_fd": status_fd,
+    "root": os.path.join(host_dir, "root") if contained else None,
+    "userns": iso.mode == "contained_userns",
+    "symlinks": symlinks,
+    "ro_binds": binds,
+    "devices": [d for d in _DEVICES if os.path.exists(f"/dev/{d}")],
+    "tmpfs": list(_PRIVATE_TMPFS),
+    "tmpfs_bytes": limits.tmpfs_bytes,
+    "workdir": workdir,
+    "uid": uid,
+    "rlimits": rlimits,
+    "cap_last_cap": cap_last_cap,
+    "sys_pivot_root": _SYS_PIVOT_ROOT.get(platform.machine(), -1),
+    "python": _interpreter(),
+    "wrapper": _WRAPPER,
+    "env": _env(workdir),
   }
   if contained:
     os.mkdir(plan["root"])
@@ -402,8 +430,13 @@ def _build_argv(iso: _Isolation, host_dir: str, timeout_s: float, limits: Sandbo
     f.write(_BOOT)
   with open(os.path.join(host_dir, "plan.json"), "w", encoding="utf-8") as f:
     json.dump(plan, f)
-  boot = [sys.executable, "-I", "-S", os.path.join(host_dir, "boot.py"),
-          os.path.join(host_dir, "plan.json")]
+  boot = [
+    sys.executable,
+    "-I",
+    "-S",
+    os.path.join(host_dir, "boot.py"),
+    os.path.join(host_dir, "plan.json"),
+  ]
   if iso.mode == "contained_root":
     return [shutil.which("unshare") or "unshare", *_NS_FLAGS, *boot]
   if iso.mode == "contained_userns":
@@ -427,8 +460,9 @@ def _read_all(fd: int) -> bytes:
   return b"".join(chunks)
 
 
-def _execute(program: str, timeout_s: float, limits: SandboxLimits,
-             iso: _Isolation) -> tuple[bool, str, bytes]:
+def _execute(
+  program: str, timeout_s: float, limits: SandboxLimits, iso: _Isolation
+) -> tuple[bool, str, bytes]:
   """One run; returns (passed, outcome, stdout)."""
   host_dir = tempfile.mkdtemp(prefix="ps_jax_sandbox_")
   uid = _new_uid() if iso.mode == "contained_root" else None
@@ -439,9 +473,17 @@ def _execute(program: str, timeout_s: float, limits: SandboxLimits,
       f.write(program)
     argv = _build_argv(iso, host_dir, timeout_s, limits, uid, status_w)
     deadline = time.monotonic() + timeout_s
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=_env("/"), cwd=host_dir,
-                            start_new_session=True, close_fds=True, pass_fds=(status_w,))
+    proc = subprocess.Popen(
+      argv,
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      env=_env("/"),
+      cwd=host_dir,
+      start_new_session=True,
+      close_fds=True,
+      pass_fds=(status_w,),
+    )
     os.close(status_w)
     status_w = None
     out, err, reason = _read_capped(proc, deadline, limits.max_output_bytes)
@@ -506,8 +548,9 @@ def _killpg(pgid: int) -> None:
     pass
 
 
-def _read_capped(proc: subprocess.Popen, deadline: float,
-                 cap: int) -> tuple[bytes, bytes, str | None]:
+def _read_capped(
+  proc: subprocess.Popen, deadline: float, cap: int
+) -> tuple[bytes, bytes, str | None]:
   """Read stdout/stderr until EOF, the deadline or `cap` bytes in total (then stop reading)."""
   bufs = {proc.stdout: bytearray(), proc.stderr: bytearray()}
   total = 0
@@ -584,8 +627,9 @@ def sandbox_isolation(limits: SandboxLimits = _DEFAULT_LIMITS) -> str:
   return _isolation(limits).describe()
 
 
-def run_code(program: str, timeout_s: float,
-             limits: SandboxLimits = _DEFAULT_LIMITS) -> tuple[bool, str]:
+def run_code(
+  program: str, timeout_s: float, limits: SandboxLimits = _DEFAULT_LIMITS
+) -> tuple[bool, str]:
   """Run `program` in a contained `python -I`; passed iff it ran to completion in timeout_s.
 
   detail is "passed", "timed out after Xs", "failed (exit code N): <stderr tail>",

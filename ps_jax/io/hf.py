@@ -12,23 +12,23 @@ from ps_jax.model import ModelConfig, Transformer
 
 _L = "model.layers.{i}."
 HF_NAMES = {
-    "embed": "model.embed_tokens.weight",
-    "final_norm/scale": "model.norm.weight",
-    "lm_head": "lm_head.weight",
-    "blocks/attn_norm/scale": _L + "input_layernorm.weight",
-    "blocks/mlp_norm/scale": _L + "post_attention_layernorm.weight",
-    "blocks/attn/q/kernel": _L + "self_attn.q_proj.weight",
-    "blocks/attn/k/kernel": _L + "self_attn.k_proj.weight",
-    "blocks/attn/v/kernel": _L + "self_attn.v_proj.weight",
-    "blocks/attn/o/kernel": _L + "self_attn.o_proj.weight",
-    "blocks/attn/q/bias": _L + "self_attn.q_proj.bias",
-    "blocks/attn/k/bias": _L + "self_attn.k_proj.bias",
-    "blocks/attn/v/bias": _L + "self_attn.v_proj.bias",
-    "blocks/attn/q_norm/scale": _L + "self_attn.q_norm.weight",
-    "blocks/attn/k_norm/scale": _L + "self_attn.k_norm.weight",
-    "blocks/mlp/gate/kernel": _L + "mlp.gate_proj.weight",
-    "blocks/mlp/up/kernel": _L + "mlp.up_proj.weight",
-    "blocks/mlp/down/kernel": _L + "mlp.down_proj.weight",
+  "embed": "model.embed_tokens.weight",
+  "final_norm/scale": "model.norm.weight",
+  "lm_head": "lm_head.weight",
+  "blocks/attn_norm/scale": _L + "input_layernorm.weight",
+  "blocks/mlp_norm/scale": _L + "post_attention_layernorm.weight",
+  "blocks/attn/q/kernel": _L + "self_attn.q_proj.weight",
+  "blocks/attn/k/kernel": _L + "self_attn.k_proj.weight",
+  "blocks/attn/v/kernel": _L + "self_attn.v_proj.weight",
+  "blocks/attn/o/kernel": _L + "self_attn.o_proj.weight",
+  "blocks/attn/q/bias": _L + "self_attn.q_proj.bias",
+  "blocks/attn/k/bias": _L + "self_attn.k_proj.bias",
+  "blocks/attn/v/bias": _L + "self_attn.v_proj.bias",
+  "blocks/attn/q_norm/scale": _L + "self_attn.q_norm.weight",
+  "blocks/attn/k_norm/scale": _L + "self_attn.k_norm.weight",
+  "blocks/mlp/gate/kernel": _L + "mlp.gate_proj.weight",
+  "blocks/mlp/up/kernel": _L + "mlp.up_proj.weight",
+  "blocks/mlp/down/kernel": _L + "mlp.down_proj.weight",
 }
 # torch Linear weights are [out, in]; our kernels are [in, out].
 HF_HOOKS = {k: transpose for k in HF_NAMES if k.endswith("kernel") or k == "lm_head"}
@@ -59,5 +59,11 @@ def load_hf_folder(folder: str, *, dtype) -> Transformer:
     h = where.get(name)
     return None if h is None else h.get_tensor(name)
 
-  return load_params(config, decoder_rules(config, HF_NAMES, HF_HOOKS), get_tensor,
-                     dtype=dtype, source=folder, available=where)
+  return load_params(
+    config,
+    decoder_rules(config, HF_NAMES, HF_HOOKS),
+    get_tensor,
+    dtype=dtype,
+    source=folder,
+    available=where,
+  )

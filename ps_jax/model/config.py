@@ -10,9 +10,9 @@ from typing import Any, Mapping
 # HF `model_type` -> family. The families differ only in the switches below.
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 _ARCHITECTURES = {
-    "LlamaForCausalLM": "llama",
-    "Qwen2ForCausalLM": "qwen2",
-    "Qwen3ForCausalLM": "qwen3",
+  "LlamaForCausalLM": "llama",
+  "Qwen2ForCausalLM": "qwen2",
+  "Qwen3ForCausalLM": "qwen3",
 }
 
 
@@ -49,11 +49,13 @@ class ModelConfig:
 
   def __post_init__(self):
     if self.family not in SUPPORTED_MODEL_TYPES:
-      raise ValueError(f"model family {self.family!r} is not supported; "
-                       f"supported: {SUPPORTED_MODEL_TYPES}")
+      raise ValueError(
+        f"model family {self.family!r} is not supported; supported: {SUPPORTED_MODEL_TYPES}"
+      )
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
-                       f"num_kv_heads={self.num_kv_heads}")
+      raise ValueError(
+        f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+      )
 
   @property
   def queries_per_kv(self) -> int:  # G
@@ -62,8 +64,10 @@ class ModelConfig:
   @property
   def fingerprint(self) -> str:
     """Identifies the cache layout and RoPE of this model (caches are only valid within it)."""
-    return (f"{self.family}:L{self.num_layers}:D{self.hidden_size}:K{self.num_kv_heads}:"
-            f"H{self.head_dim}:V{self.vocab_size}:theta{self.rope_theta}:{self.rope_scaling}")
+    return (
+      f"{self.family}:L{self.num_layers}:D{self.hidden_size}:K{self.num_kv_heads}:"
+      f"H{self.head_dim}:V{self.vocab_size}:theta{self.rope_theta}:{self.rope_scaling}"
+    )
 
   @classmethod
   def from_hf(cls, hf: Mapping[str, Any]) -> "ModelConfig":
@@ -75,32 +79,33 @@ class ModelConfig:
       family = next((_ARCHITECTURES[a] for a in archs if a in _ARCHITECTURES), None)
     if family is None:
       raise ValueError(
-          f"unsupported model: model_type={model_type!r}, architectures={archs!r}; "
-          f"ps_jax supports model_type in {SUPPORTED_MODEL_TYPES} "
-          f"(architectures {sorted(_ARCHITECTURES)})")
+        f"unsupported model: model_type={model_type!r}, architectures={archs!r}; "
+        f"ps_jax supports model_type in {SUPPORTED_MODEL_TYPES} "
+        f"(architectures {sorted(_ARCHITECTURES)})"
+      )
     _reject_unmodelled(hf)
     num_heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
     eos = hf.get("eos_token_id")
     eos = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
     return cls(
-        family=family,
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=num_heads,
-        num_kv_heads=hf.get("num_key_value_heads") or num_heads,
-        head_dim=head_dim,
-        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-        rope_theta=_rope_theta(hf),
-        rope_scaling=_rope_scaling(hf),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        qkv_bias=family == "qwen2" or bool(hf.get("attention_bias", False)),
-        qk_norm=family == "qwen3",
-        max_position_embeddings=hf.get("max_position_embeddings", 8192),
-        bos_token_id=hf.get("bos_token_id"),
-        eos_token_ids=eos,
+      family=family,
+      vocab_size=hf["vocab_size"],
+      hidden_size=hf["hidden_size"],
+      intermediate_size=hf["intermediate_size"],
+      num_layers=hf["num_hidden_layers"],
+      num_heads=num_heads,
+      num_kv_heads=hf.get("num_key_value_heads") or num_heads,
+      head_dim=head_dim,
+      rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+      rope_theta=_rope_theta(hf),
+      rope_scaling=_rope_scaling(hf),
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      qkv_bias=family == "qwen2" or bool(hf.get("attention_bias", False)),
+      qk_norm=family == "qwen3",
+      max_position_embeddings=hf.get("max_position_embeddings", 8192),
+      bos_token_id=hf.get("bos_token_id"),
+      eos_token_ids=eos,
     )
 
   @classmethod
@@ -118,9 +123,11 @@ def _reject_unmodelled(hf: Mapping[str, Any]) -> None:
     raise ValueError("mlp_bias=True is not supported (ps_jax MLPs have no biases)")
   layer_types = set(hf.get("layer_types") or ["full_attention"])
   if hf.get("use_sliding_window") or layer_types != {"full_attention"}:
-    raise ValueError(f"sliding-window attention (use_sliding_window="
-                     f"{hf.get('use_sliding_window')}, layer_types={sorted(layer_types)}) is "
-                     "not supported; ps_jax implements full attention only")
+    raise ValueError(
+      f"sliding-window attention (use_sliding_window="
+      f"{hf.get('use_sliding_window')}, layer_types={sorted(layer_types)}) is "
+      "not supported; ps_jax implements full attention only"
+    )
 
 
 def _rope_theta(hf: Mapping[str, Any]) -> float:
@@ -139,11 +146,12 @@ def _rope_scaling(hf: Mapping[str, Any]) -> RopeScaling:
     return RopeScaling(kind="linear", factor=float(s["factor"]))
   if kind == "llama3":
     return RopeScaling(
-        kind="llama3",
-        factor=float(s["factor"]),
-        low_freq_factor=float(s["low_freq_factor"]),
-        high_freq_factor=float(s["high_freq_factor"]),
-        original_max_position_embeddings=int(s["original_max_position_embeddings"]),
+      kind="llama3",
+      factor=float(s["factor"]),
+      low_freq_factor=float(s["low_freq_factor"]),
+      high_freq_factor=float(s["high_freq_factor"]),
+      original_max_position_embeddings=int(s["original_max_position_embeddings"]),
     )
-  raise ValueError(f"rope_scaling type {kind!r} is not supported "
-                   "(supported: default, linear, llama3)")
+  raise ValueError(
+    f"rope_scaling type {kind!r} is not supported (supported: default, linear, llama3)"
+  )

@@ -31,7 +31,6 @@ def _param(rngs: nnx.Rngs | None, shape, dtype, names, init="normal") -> nnx.Par
 
 
 class RMSNorm(nnx.Module):
-
   def __init__(self, dim: int, eps: float, dtype, names=("embed",)):
     self.scale = _param(None, (dim,), dtype, names, init="ones")  # [dim]
     self.eps = eps
@@ -49,8 +48,9 @@ class Linear(nnx.Module):
     self.kernel = _param(rngs, (din, dout), dtype, names)  # [din, dout]
     self.bias = _param(None, (dout,), dtype, names[1:], init="zeros") if bias else None
 
-  def __call__(self, x: Array, lora: Mapping[str, Array] | None = None,
-               lora_scale: float = 0.0) -> Array:
+  def __call__(
+    self, x: Array, lora: Mapping[str, Array] | None = None, lora_scale: float = 0.0
+  ) -> Array:
     y = x @ self.kernel[...]
     if self.bias is not None:
       y = y + self.bias[...]
@@ -68,7 +68,7 @@ def attend(q: Array, sources: Sequence[tuple[Array, Array, Array]]) -> Array:
   """
   b, t, n, h = q.shape
   k_heads = sources[0][0].shape[2]
-  qg = q.reshape(b, t, k_heads, n // k_heads, h) * (h ** -0.5)
+  qg = q.reshape(b, t, k_heads, n // k_heads, h) * (h**-0.5)
   scores = []
   for k, _, mask in sources:
     s = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32)
@@ -76,14 +76,13 @@ def attend(q: Array, sources: Sequence[tuple[Array, Array, Array]]) -> Array:
   probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
   out, start = 0.0, 0
   for k, v, _ in sources:
-    p = probs[..., start:start + k.shape[1]].astype(v.dtype)
+    p = probs[..., start : start + k.shape[1]].astype(v.dtype)
     out = out + jnp.einsum("bkgts,bskh->btkgh", p, v, preferred_element_type=jnp.float32)
     start += k.shape[1]
   return out.reshape(b, t, n, h).astype(q.dtype)
 
 
 class Attention(nnx.Module):
-
   def __init__(self, config: ModelConfig, *, dtype, rngs: nnx.Rngs):
     c = config
     d, nh, kh = c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
@@ -117,7 +116,6 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-
   def __init__(self, config: ModelConfig, *, dtype, rngs: nnx.Rngs):
     d, f = config.hidden_size, config.intermediate_size
     self.gate = Linear(d, f, ("embed", "mlp"), bias=False, dtype=dtype, rngs=rngs)
@@ -138,7 +136,6 @@ class Block(nnx.Module):
     self.mlp = MLP(config, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, positions, inv_freq, sources, chunk_mask, lora=None, lora_scale=0.0):
-    h, kv = self.attn(self.attn_norm(x), positions, inv_freq, sources, chunk_mask,
-                      lora, lora_scale)
+    h, kv = self.attn(self.attn_norm(x), positions, inv_freq, sources, chunk_mask, lora, lora_scale)
     x = x + h
     return x + self.mlp(self.mlp_norm(x)), kv

@@ -28,11 +28,15 @@ def inverse_frequencies(config: ModelConfig) -> np.ndarray:
     low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
     high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
     wavelen = 2 * math.pi / inv_freq
-    smooth = ((s.original_max_position_embeddings / wavelen - s.low_freq_factor)
-              / (s.high_freq_factor - s.low_freq_factor))
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+      s.high_freq_factor - s.low_freq_factor
+    )
     smoothed = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
-    inv_freq = np.where(wavelen > low_wavelen, inv_freq / s.factor,
-                        np.where(wavelen < high_wavelen, inv_freq, smoothed))
+    inv_freq = np.where(
+      wavelen > low_wavelen,
+      inv_freq / s.factor,
+      np.where(wavelen < high_wavelen, inv_freq, smoothed),
+    )
   return inv_freq.astype(np.float32)
 
 

@@ -27,35 +27,42 @@ class Transformer(nnx.Module):
 
   def __init__(self, config: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
     self.config = config
-    self.embed = _param(rngs, (config.vocab_size, config.hidden_size), dtype,
-                        ("vocab", "embed"))  # [V, D]
+    self.embed = _param(
+      rngs, (config.vocab_size, config.hidden_size), dtype, ("vocab", "embed")
+    )  # [V, D]
 
     @nnx.split_rngs(splits=config.num_layers)
-    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers", "logical_axes": "layers"})
+    @nnx.vmap(
+      in_axes=(0,),
+      out_axes=0,
+      transform_metadata={nnx.PARTITION_NAME: "layers", "logical_axes": "layers"},
+    )
     def make_blocks(rngs):
       return Block(config, dtype=dtype, rngs=rngs)
 
     self.blocks = make_blocks(rngs)  # parameters [L, ...]
     self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-    self.lm_head = (None if config.tie_embeddings else
-                    _param(rngs, (config.hidden_size, config.vocab_size), dtype,
-                           ("embed", "vocab")))  # [D, V]
+    self.lm_head = (
+      None
+      if config.tie_embeddings
+      else _param(rngs, (config.hidden_size, config.vocab_size), dtype, ("embed", "vocab"))
+    )  # [D, V]
 
   @property
   def dtype(self):
     return self.embed.dtype
 
   def hidden_states(
-      self,
-      tokens: Array,  # [B, T] int
-      positions: Array | None = None,  # [B, T] RoPE positions; default continues the cache
-      cache: KVCache | None = None,
-      *,
-      lengths: Array | None = None,  # [B] real tokens per row (right padding); default T
-      prefix: PrefixKV | None = None,
-      lora: LoRAWeights | None = None,
-      lora_scale: float = 0.0,
-      read_cache: bool = True,
+    self,
+    tokens: Array,  # [B, T] int
+    positions: Array | None = None,  # [B, T] RoPE positions; default continues the cache
+    cache: KVCache | None = None,
+    *,
+    lengths: Array | None = None,  # [B] real tokens per row (right padding); default T
+    prefix: PrefixKV | None = None,
+    lora: LoRAWeights | None = None,
+    lora_scale: float = 0.0,
+    read_cache: bool = True,
   ) -> tuple[Array, KVCache | None]:
     """Final-norm hidden states [B, T, D] and the cache with this chunk appended.
 
@@ -70,7 +77,8 @@ class Transformer(nnx.Module):
       positions = start[:, None] + jnp.arange(t)[None, :]
     idx = jnp.arange(t)
     chunk_mask = (idx[None, None, :] <= idx[None, :, None]) & (
-        idx[None, None, :] < lengths[:, None, None])  # [B, T, T]
+      idx[None, None, :] < lengths[:, None, None]
+    )  # [B, T, T]
     prefix_mask = prefix.mask[:, None, :] if prefix is not None else None  # [B, 1, P]
     read_cache = read_cache and cache is not None
     cache_mask = cache.valid_mask()[:, None, :] if read_cache else None  # [B, 1, S]
@@ -88,9 +96,12 @@ class Transformer(nnx.Module):
       block = nnx.merge(graphdef, params)
       return block(x, positions, inv_freq, sources, chunk_mask, lora_l, lora_scale)
 
-    xs = (block_params, lora,
-          (prefix.k, prefix.v) if prefix is not None else None,
-          (cache.k, cache.v) if read_cache else None)
+    xs = (
+      block_params,
+      lora,
+      (prefix.k, prefix.v) if prefix is not None else None,
+      (cache.k, cache.v) if read_cache else None,
+    )
     x = jnp.take(self.embed[...], tokens, axis=0)
     x, (k_new, v_new) = jax.lax.scan(layer, x, xs)  # k_new, v_new [L, B, T, K, H]
     if cache is not None:
@@ -102,8 +113,9 @@ class Transformer(nnx.Module):
     w = self.embed[...].T if self.lm_head is None else self.lm_head[...]
     return jnp.matmul(hidden, w, preferred_element_type=jnp.float32)
 
-  def __call__(self, tokens: Array, positions: Array | None = None,
-               cache: KVCache | None = None, **kwargs) -> tuple[Array, KVCache | None]:
+  def __call__(
+    self, tokens: Array, positions: Array | None = None, cache: KVCache | None = None, **kwargs
+  ) -> tuple[Array, KVCache | None]:
     """Logits [B, T, V] (fp32) and the updated cache (None when no cache was passed)."""
     hidden, cache = self.hidden_states(tokens, positions, cache, **kwargs)
     return self.logits(hidden), cache

@@ -27,34 +27,47 @@ from jax.experimental import multihost_utils
 
 
 class Checkpointer:
-
   def __init__(self, directory: str, *, every_steps: int, max_to_keep: int = 3):
     self.directory = os.path.abspath(directory)
     self.every_steps = every_steps
     self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                             enable_async_checkpointing=False))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=False
+      ),
+    )
 
   def should_save(self, step: int) -> bool:
     return step % self.every_steps == 0
 
   def save(self, step: int, state, data_state: dict) -> None:
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    data=ocp.args.JsonSave(data_state)),
-                      force=True)
+    self.manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+      ),
+      force=True,
+    )
 
   def restore_latest(self, abstract_state):
     """(step, state, data_state) of the newest good checkpoint, or None if there is none."""
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         with _drained_event_loops():
-          restored = self.manager.restore(step, args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+          restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+            ),
+          )
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("checkpoint at step %d in %s is unreadable (%s: %s); falling back to "
-                        "the previous one", step, self.directory, type(e).__name__,
-                        str(e)[:200])
+        logging.warning(
+          "checkpoint at step %d in %s is unreadable (%s: %s); falling back to the previous one",
+          step,
+          self.directory,
+          type(e).__name__,
+          str(e)[:200],
+        )
         self._move_aside(step)
         continue
       return step, restored["state"], restored["data"]

@@ -34,8 +34,7 @@ from tqdm.auto import tqdm
 
 from ps_jax.cache.branches import Branches
 from ps_jax.data import synthetic
-from ps_jax.data.rows import (ANSWER_KEYS, CONTEXT_KEYS, QUERY_KEYS, MalformedRow, Row,
-                              RowStats)
+from ps_jax.data.rows import ANSWER_KEYS, CONTEXT_KEYS, QUERY_KEYS, MalformedRow, Row, RowStats
 from ps_jax.generation import SamplingConfig, encode_prompts
 from ps_jax.model import Transformer
 from ps_jax.prompts import PromptTemplates
@@ -63,8 +62,7 @@ class DistillConfig:
   def __post_init__(self):
     if self.branches not in BRANCH_MODES:
       raise ValueError(f"branches={self.branches!r}; expected one of {BRANCH_MODES}")
-    for name in ("num_branches", "worker_max_new_tokens", "synth_max_new_tokens",
-                 "batch_size"):
+    for name in ("num_branches", "worker_max_new_tokens", "synth_max_new_tokens", "batch_size"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
     if self.max_rows < 0:
@@ -100,8 +98,10 @@ class DistillStats:
 
   def __str__(self) -> str:
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items()))
-    return (f"{self.written} rows written, {self.already_done} already done, "
-            f"{sum(self.skipped.values())} skipped ({reasons or 'none'}) in {self.seconds:.1f} s")
+    return (
+      f"{self.written} rows written, {self.already_done} already done, "
+      f"{sum(self.skipped.values())} skipped ({reasons or 'none'}) in {self.seconds:.1f} s"
+    )
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -133,22 +133,28 @@ def input_from_record(obj: Any, index: int, source: str = "") -> DistillInput:
   if contexts is None:
     contexts = ()
   elif isinstance(contexts, (str, bytes)) or not isinstance(contexts, Sequence):
-    raise MalformedRow("contexts", "wrong_type",
-                       f"expected a list of strings, got {type(contexts).__name__}")
+    raise MalformedRow(
+      "contexts", "wrong_type", f"expected a list of strings, got {type(contexts).__name__}"
+    )
   for i, ctx in enumerate(contexts):
     if not isinstance(ctx, str):
-      raise MalformedRow("contexts", "wrong_type",
-                         f"contexts[{i}] is {type(ctx).__name__}, not a string")
+      raise MalformedRow(
+        "contexts", "wrong_type", f"contexts[{i}] is {type(ctx).__name__}, not a string"
+      )
     if not ctx.strip():
       raise MalformedRow("contexts", "empty_item", f"contexts[{i}] is blank")
   answer = _first(obj, ANSWER_KEYS)
   meta = dict(obj.get("meta") or {})
   if "id" in obj and "id" not in meta:
     meta["id"] = obj["id"]
-  return DistillInput(index=index, query=query, contexts=tuple(contexts),
-                      reference=answer if isinstance(answer, str) else None,
-                      source=str(obj.get("source") or obj.get("dataset") or source),
-                      meta=meta)
+  return DistillInput(
+    index=index,
+    query=query,
+    contexts=tuple(contexts),
+    reference=answer if isinstance(answer, str) else None,
+    source=str(obj.get("source") or obj.get("dataset") or source),
+    meta=meta,
+  )
 
 
 def read_jsonl_inputs(path: str) -> tuple[list[DistillInput], RowStats]:
@@ -178,9 +184,15 @@ def read_jsonl_inputs(path: str) -> tuple[list[DistillInput], RowStats]:
   return inputs, stats
 
 
-def synthetic_inputs(families: Sequence[str], *, split: str = "train", per_family: int = 100,
-                     seed: int = 0, num_branches: int | tuple[int, int] = 3,
-                     difficulty: int = 1) -> list[DistillInput]:
+def synthetic_inputs(
+  families: Sequence[str],
+  *,
+  split: str = "train",
+  per_family: int = 100,
+  seed: int = 0,
+  num_branches: int | tuple[int, int] = 3,
+  difficulty: int = 1,
+) -> list[DistillInput]:
   """Rows of the synthetic suite (with their contexts and gold answers), indexed in order."""
   inputs = []
   for family in families:
@@ -193,8 +205,16 @@ def synthetic_inputs(families: Sequence[str], *, split: str = "train", per_famil
       lo, hi = num_branches
       nb = (max(lo, fam.min_branches), max(hi, fam.min_branches))
     for row in synthetic.generate(family, split, per_family, seed, nb, difficulty):
-      inputs.append(DistillInput(index=len(inputs), query=row.query, contexts=row.contexts,
-                                 reference=row.answer, source=row.source, meta=dict(row.meta)))
+      inputs.append(
+        DistillInput(
+          index=len(inputs),
+          query=row.query,
+          contexts=row.contexts,
+          reference=row.answer,
+          source=row.source,
+          meta=dict(row.meta),
+        )
+      )
   return inputs
 
 
@@ -206,8 +226,10 @@ def load_inputs(spec: str, **synthetic_kwargs) -> tuple[list[DistillInput], RowS
     inputs = synthetic_inputs(families, **synthetic_kwargs)
     return inputs, RowStats(valid=len(inputs))
   if not os.path.exists(spec):
-    raise FileNotFoundError(f"input {spec!r}: no such file (expected a JSONL file, "
-                            "'synthetic' or 'synthetic:family1,family2')")
+    raise FileNotFoundError(
+      f"input {spec!r}: no such file (expected a JSONL file, "
+      "'synthetic' or 'synthetic:family1,family2')"
+    )
   return read_jsonl_inputs(spec)
 
 
@@ -216,7 +238,7 @@ def load_inputs(spec: str, **synthetic_kwargs) -> tuple[list[DistillInput], RowS
 
 def sidecar_paths(output: str) -> tuple[str, str]:
   """(settings file, skipped-rows file) next to `output`."""
-  base = output[:-len(".jsonl")] if output.endswith(".jsonl") else output
+  base = output[: -len(".jsonl")] if output.endswith(".jsonl") else output
   return base + ".config.json", base + ".skipped.jsonl"
 
 
@@ -233,8 +255,12 @@ def _done_indices(path: str) -> set[int]:
     data = f.read()
     if data and not data.endswith(b"\n"):
       cut = data.rfind(b"\n") + 1
-      logging.warning("%s: dropping an incomplete last line (%d bytes) left by an interrupted "
-                      "run; that row is redone", path, len(data) - cut)
+      logging.warning(
+        "%s: dropping an incomplete last line (%d bytes) left by an interrupted "
+        "run; that row is redone",
+        path,
+        len(data) - cut,
+      )
       f.truncate(cut)
       data = data[:cut]
   done: set[int] = set()
@@ -244,8 +270,10 @@ def _done_indices(path: str) -> set[int]:
     try:
       index = _index_of(json.loads(line))
     except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(f"{path}:{lineno}: not a line written by distillation ({e!r}); "
-                       "fix or remove the file, or set overwrite") from None
+      raise ValueError(
+        f"{path}:{lineno}: not a line written by distillation ({e!r}); "
+        "fix or remove the file, or set overwrite"
+      ) from None
     if index in done:
       raise ValueError(f"{path}:{lineno}: row index {index} occurs twice")
     done.add(index)
@@ -257,11 +285,16 @@ def _check_settings(path: str, settings: dict, resuming: bool) -> None:
     with open(path) as f:
       old = json.load(f)
     if old != settings:
-      changed = {k: (old.get(k), settings.get(k)) for k in sorted(set(old) | set(settings))
-                 if old.get(k) != settings.get(k)}
-      raise ValueError(f"the output next to {path} was written with other settings "
-                       f"(field: (old, new)) {changed}; use another output path or set "
-                       "overwrite to start over")
+      changed = {
+        k: (old.get(k), settings.get(k))
+        for k in sorted(set(old) | set(settings))
+        if old.get(k) != settings.get(k)
+      }
+      raise ValueError(
+        f"the output next to {path} was written with other settings "
+        f"(field: (old, new)) {changed}; use another output path or set "
+        "overwrite to start over"
+      )
   with open(path, "w") as f:
     json.dump(settings, f, indent=1, sort_keys=True)
 
@@ -276,25 +309,38 @@ def row_rng(seed: int, index: int) -> jax.Array:
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
   for start in range(0, len(items), size):
-    yield items[start:start + size]
+    yield items[start : start + size]
 
 
-def _branch_texts(model, tokenizer, x: DistillInput, cfg: DistillConfig,
-                  templates: PromptTemplates) -> tuple[str, list[str]]:
+def _branch_texts(
+  model, tokenizer, x: DistillInput, cfg: DistillConfig, templates: PromptTemplates
+) -> tuple[str, list[str]]:
   """(where the branches came from, the branch texts) of one input row."""
   if cfg.branches == "contexts" or (cfg.branches == "auto" and x.contexts):
     if not x.contexts:
       raise MalformedRow("contexts", "missing", "branches='contexts' but the row has none")
     return "contexts", list(x.contexts)
-  branches = run_workers(model, tokenizer, [x.query], num_branches=cfg.num_branches,
-                         max_new_tokens=cfg.worker_max_new_tokens, rng=row_rng(cfg.seed, x.index),
-                         temperature=cfg.temperature, top_p=cfg.top_p, templates=templates)
+  branches = run_workers(
+    model,
+    tokenizer,
+    [x.query],
+    num_branches=cfg.num_branches,
+    max_new_tokens=cfg.worker_max_new_tokens,
+    rng=row_rng(cfg.seed, x.index),
+    temperature=cfg.temperature,
+    top_p=cfg.top_p,
+    templates=templates,
+  )
   return "workers", list(branches.texts[0])
 
 
-def distill_batch(model: Transformer, tokenizer, batch: Sequence[DistillInput],
-                  cfg: DistillConfig, templates: PromptTemplates = PromptTemplates()
-                  ) -> tuple[list[Row], list[dict]]:
+def distill_batch(
+  model: Transformer,
+  tokenizer,
+  batch: Sequence[DistillInput],
+  cfg: DistillConfig,
+  templates: PromptTemplates = PromptTemplates(),
+) -> tuple[list[Row], list[dict]]:
   """(rows, skipped records {index, reason, detail}) of one batch of input rows."""
   live, skipped = [], []
   limit = model.config.max_position_embeddings
@@ -306,10 +352,13 @@ def distill_batch(model: Transformer, tokenizer, batch: Sequence[DistillInput],
         raise MalformedRow("contexts", "empty", "every worker output is blank")
       prompt = encode_prompts(tokenizer, [templates.text_synthesizer_messages(x.query, kept)])
       if len(prompt[0]) + cfg.synth_max_new_tokens > limit:
-        raise MalformedRow("contexts", "too_long",
-                           f"the text synthesizer prompt has {len(prompt[0])} tokens; + "
-                           f"synth_max_new_tokens={cfg.synth_max_new_tokens} exceeds the "
-                           f"model's max_position_embeddings={limit}")
+        raise MalformedRow(
+          "contexts",
+          "too_long",
+          f"the text synthesizer prompt has {len(prompt[0])} tokens; + "
+          f"synth_max_new_tokens={cfg.synth_max_new_tokens} exceeds the "
+          f"model's max_position_embeddings={limit}",
+        )
     except MalformedRow as e:
       skipped.append({"index": x.index, "reason": e.reason, "detail": str(e)})
       continue
@@ -320,15 +369,28 @@ def distill_batch(model: Transformer, tokenizer, batch: Sequence[DistillInput],
     # batch dimension, and so the compiled programs, stay the same across batches.
     padded = list(live) + [live[0]] * (cfg.batch_size - len(live))
     texts = [kept for _, _, kept, _ in padded]
-    branches = Branches(token_ids=[[[] for _ in t] for t in texts], texts=texts,
-                        caches=None)  # the text method reads only the texts
-    result = synthesize(model, tokenizer, branches, [x.query for x, *_ in padded], method="text",
-                        max_new_tokens=cfg.synth_max_new_tokens, templates=templates)
+    branches = Branches(
+      token_ids=[[[] for _ in t] for t in texts], texts=texts, caches=None
+    )  # the text method reads only the texts
+    result = synthesize(
+      model,
+      tokenizer,
+      branches,
+      [x.query for x, *_ in padded],
+      method="text",
+      max_new_tokens=cfg.synth_max_new_tokens,
+      templates=templates,
+    )
     for (x, mode, kept, dropped), answer in zip(live, result.texts):
       answer = answer.strip()
       if not answer:
-        skipped.append({"index": x.index, "reason": "answer:empty",
-                        "detail": "the text synthesizer's output is blank"})
+        skipped.append(
+          {
+            "index": x.index,
+            "reason": "answer:empty",
+            "detail": "the text synthesizer's output is blank",
+          }
+        )
         continue
       info = {"index": x.index, "branches": mode}
       if dropped:
@@ -336,15 +398,30 @@ def distill_batch(model: Transformer, tokenizer, batch: Sequence[DistillInput],
       if x.reference is not None:
         info["reference_answer"] = x.reference
       source = f"distill/{x.source}" if x.source else "distill"
-      rows.append(Row(query=x.query, answer=answer, contexts=tuple(kept), source=source,
-                      meta={**x.meta, "distill": info}))
+      rows.append(
+        Row(
+          query=x.query,
+          answer=answer,
+          contexts=tuple(kept),
+          source=source,
+          meta={**x.meta, "distill": info},
+        )
+      )
   return rows, skipped
 
 
-def distill(model: Transformer, tokenizer, inputs: Sequence[DistillInput], cfg: DistillConfig,
-            output: str, *, settings: Mapping[str, Any] | None = None, overwrite: bool = False,
-            templates: PromptTemplates = PromptTemplates(),
-            progress: bool = True) -> DistillStats:
+def distill(
+  model: Transformer,
+  tokenizer,
+  inputs: Sequence[DistillInput],
+  cfg: DistillConfig,
+  output: str,
+  *,
+  settings: Mapping[str, Any] | None = None,
+  overwrite: bool = False,
+  templates: PromptTemplates = PromptTemplates(),
+  progress: bool = True,
+) -> DistillStats:
   """Writes the distilled rows of `inputs` to `output` (JSONL), resuming a previous run.
 
   `settings` (JSON-able: input name, model, ...) is stored next to the output together with
@@ -376,11 +453,14 @@ def distill(model: Transformer, tokenizer, inputs: Sequence[DistillInput], cfg: 
     else:
       pending.append(x)
   if stats.already_done:
-    logging.info("%s: resuming; %d of %d rows already done", output, stats.already_done,
-                 len(inputs))
+    logging.info(
+      "%s: resuming; %d of %d rows already done", output, stats.already_done, len(inputs)
+    )
   bar = tqdm(total=len(pending), desc="distill", unit="row", disable=not progress)
-  with open(output, "a", encoding="utf-8") as out, \
-       open(skipped_path, "a", encoding="utf-8") as skipped_file:
+  with (
+    open(output, "a", encoding="utf-8") as out,
+    open(skipped_path, "a", encoding="utf-8") as skipped_file,
+  ):
     for batch in _batches(pending, cfg.batch_size):
       rows, skipped = distill_batch(model, tokenizer, batch, cfg, templates)
       for row in rows:
@@ -399,18 +479,22 @@ def distill(model: Transformer, tokenizer, inputs: Sequence[DistillInput], cfg: 
   return stats
 
 
-def pipeline_needs(path: str, tokenizer, templates: PromptTemplates = PromptTemplates()
-                   ) -> dict[str, int]:
+def pipeline_needs(
+  path: str, tokenizer, templates: PromptTemplates = PromptTemplates()
+) -> dict[str, int]:
   """The smallest training-pipeline sizes (ps_jax.data.pipeline.PipelineConfig fields) that
   keep every row of a distilled JSONL file: longer rows would be skipped as too long."""
   from ps_jax.data.sources import JsonlSource  # pylint: disable=import-outside-toplevel
+
   need = {"max_branches": 0, "branch_tokens": 0, "target_tokens": 0, "synth_tokens": 0}
   for row in JsonlSource(path):
     prompt = encode_prompts(tokenizer, [templates.latent_synthesizer_messages(row.query)])[0]
     target = len(tokenizer.encode(row.answer.strip(), add_special_tokens=False)) + 1  # + EOS
     need["max_branches"] = max(need["max_branches"], len(row.contexts))
-    need["branch_tokens"] = max(need["branch_tokens"], *(
-        len(tokenizer.encode(c, add_special_tokens=False)) for c in row.contexts))
+    need["branch_tokens"] = max(
+      need["branch_tokens"],
+      *(len(tokenizer.encode(c, add_special_tokens=False)) for c in row.contexts),
+    )
     need["target_tokens"] = max(need["target_tokens"], target)
     need["synth_tokens"] = max(need["synth_tokens"], len(prompt) + target)
   return need

@@ -45,17 +45,23 @@ class RunInfo:
   def from_dict(cls, c: Mapping[str, Any], where: str = CONFIG_FILE) -> "RunInfo":
     try:
       model = c["model"]
-      return cls(model_source=model["source"], random_init=bool(model.get("random_init")),
-                 random_shape=dict(model.get("random_shape") or {}),
-                 adapter=AdapterConfig(**c.get("adapter", {})),
-                 optimizer=OptimizerConfig(**c.get("optimizer", {})))
+      return cls(
+        model_source=model["source"],
+        random_init=bool(model.get("random_init")),
+        random_shape=dict(model.get("random_shape") or {}),
+        adapter=AdapterConfig(**c.get("adapter", {})),
+        optimizer=OptimizerConfig(**c.get("optimizer", {})),
+      )
     except (KeyError, TypeError) as e:
-      raise ValueError(f"{where}: not a training run config ({type(e).__name__}: {e}); "
-                       "expected model.source and the adapter/optimizer sections") from None
+      raise ValueError(
+        f"{where}: not a training run config ({type(e).__name__}: {e}); "
+        "expected model.source and the adapter/optimizer sections"
+      ) from None
 
   def model_config(self) -> ModelConfig:
     """The base model's config (weights are not loaded)."""
     from ps_jax.io import load_config  # pylint: disable=import-outside-toplevel
+
     config = load_config(self.model_source)
     if self.random_init:
       config = dataclasses.replace(config, **self.random_shape)
@@ -65,8 +71,10 @@ class RunInfo:
 def read_run(workdir: str) -> RunInfo:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: export rebuilds the adapter from the run's "
-                            "config, which launch.train writes into its workdir")
+    raise FileNotFoundError(
+      f"{path} not found: export rebuilds the adapter from the run's "
+      "config, which launch.train writes into its workdir"
+    )
   with open(path) as f:
     return RunInfo.from_dict(json.load(f), where=path)
 
@@ -75,9 +83,13 @@ def _abstract_state(adapter: Adapter, optimizer: OptimizerConfig):
   return abstract_like(init_state(adapter, make_optimizer(optimizer)))
 
 
-def adapter_from_checkpoint(workdir: str, run: RunInfo | None = None, *,
-                            model_config: ModelConfig | None = None,
-                            step: int | None = None) -> tuple[Adapter, int]:
+def adapter_from_checkpoint(
+  workdir: str,
+  run: RunInfo | None = None,
+  *,
+  model_config: ModelConfig | None = None,
+  step: int | None = None,
+) -> tuple[Adapter, int]:
   """(adapter, step) from the newest checkpoint of `workdir` that restores cleanly (an
   unreadable one is skipped with a warning), or from checkpoint `step`."""
   run = run or read_run(workdir)
@@ -87,8 +99,7 @@ def adapter_from_checkpoint(workdir: str, run: RunInfo | None = None, *,
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"{directory}: no checkpoints (has the run saved one yet?)")
-  manager = ocp.CheckpointManager(directory,
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
   try:
     steps = sorted(manager.all_steps(), reverse=True)
     if step is not None:
@@ -100,14 +111,22 @@ def adapter_from_checkpoint(workdir: str, run: RunInfo | None = None, *,
     errors = []
     for s in steps:
       try:
-        restored = manager.restore(s, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract)))
+        restored = manager.restore(
+          s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        )
       except Exception as e:  # pylint: disable=broad-except
         if step is not None:
-          raise ValueError(f"{directory}: checkpoint at step {s} is unreadable "
-                           f"({type(e).__name__}: {str(e)[:300]})") from e
-        logging.warning("checkpoint at step %d in %s is unreadable (%s: %s); trying the "
-                        "previous one", s, directory, type(e).__name__, str(e)[:200])
+          raise ValueError(
+            f"{directory}: checkpoint at step {s} is unreadable "
+            f"({type(e).__name__}: {str(e)[:300]})"
+          ) from e
+        logging.warning(
+          "checkpoint at step %d in %s is unreadable (%s: %s); trying the previous one",
+          s,
+          directory,
+          type(e).__name__,
+          str(e)[:200],
+        )
         errors.append(s)
         continue
       nnx.update(adapter, jax.device_get(restored["state"].trainable))
@@ -117,8 +136,14 @@ def adapter_from_checkpoint(workdir: str, run: RunInfo | None = None, *,
     manager.close()
 
 
-def export_adapter(workdir: str, out: str, format: str = "orbax", *,  # pylint: disable=redefined-builtin
-                   step: int | None = None, overwrite: bool = False) -> dict[str, Any]:
+def export_adapter(
+  workdir: str,
+  out: str,
+  format: str = "orbax",
+  *,  # pylint: disable=redefined-builtin
+  step: int | None = None,
+  overwrite: bool = False,
+) -> dict[str, Any]:
   """Writes the run's adapter to `out` with `save_adapter`; returns (and writes as
   out/export.json) where it came from."""
   if format not in FORMATS:
@@ -128,16 +153,24 @@ def export_adapter(workdir: str, out: str, format: str = "orbax", *,  # pylint: 
     if not overwrite:
       raise FileExistsError(f"{out} exists and is not empty; pass overwrite to replace it")
     if not os.path.exists(os.path.join(out, EXPORT_INFO)):
-      raise FileExistsError(f"{out} is not an adapter export (no {EXPORT_INFO}); refusing to "
-                            "delete it")
+      raise FileExistsError(
+        f"{out} is not an adapter export (no {EXPORT_INFO}); refusing to delete it"
+      )
     shutil.rmtree(out)
   run = read_run(workdir)
   adapter, restored_step = adapter_from_checkpoint(workdir, run, step=step)
   save_adapter(adapter, out, format=format)
-  info = {"format": format, "workdir": os.path.abspath(workdir), "step": restored_step,
-          "model": {"source": run.model_source, "random_init": run.random_init,
-                    "random_shape": dict(run.random_shape)},
-          "adapter": dataclasses.asdict(run.adapter)}
+  info = {
+    "format": format,
+    "workdir": os.path.abspath(workdir),
+    "step": restored_step,
+    "model": {
+      "source": run.model_source,
+      "random_init": run.random_init,
+      "random_shape": dict(run.random_shape),
+    },
+    "adapter": dataclasses.asdict(run.adapter),
+  }
   with open(os.path.join(out, EXPORT_INFO), "w") as f:
     json.dump(info, f, indent=1)
   return info

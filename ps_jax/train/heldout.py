@@ -20,11 +20,19 @@ from ps_jax.workers import encode_branches
 Scorer = Callable[[Row, str], float]  # (row, synthesizer output) -> score in [0, 1]
 
 
-def evaluate_methods(model: Transformer, tokenizer, rows: Sequence[Row], *, scorer: Scorer,
-                     methods: Sequence[str], adapter: Adapter | None,
-                     max_new_tokens: int = 16, batch_size: int = 8,
-                     templates: PromptTemplates = PromptTemplates(),
-                     group: Callable[[Row], str] = lambda r: r.source) -> dict:
+def evaluate_methods(
+  model: Transformer,
+  tokenizer,
+  rows: Sequence[Row],
+  *,
+  scorer: Scorer,
+  methods: Sequence[str],
+  adapter: Adapter | None,
+  max_new_tokens: int = 16,
+  batch_size: int = 8,
+  templates: PromptTemplates = PromptTemplates(),
+  group: Callable[[Row], str] = lambda r: r.source,
+) -> dict:
   """Per-method accuracy (mean over groups of the group means), per-group accuracy, TTFT.
 
   Each batch's branches are encoded once (fixed-text, frozen base) and every method reads the
@@ -34,36 +42,51 @@ def evaluate_methods(model: Transformer, tokenizer, rows: Sequence[Row], *, scor
   ttft = {m: [] for m in methods}
   samples = []
   for start in tqdm(range(0, len(rows), batch_size), desc="eval", unit="batch"):
-    batch = rows[start:start + batch_size]
+    batch = rows[start : start + batch_size]
     branches = encode_branches(model, tokenizer, [list(r.contexts) for r in batch])
     outputs = {}
     for m in methods:
-      res = synthesize(model, tokenizer, branches, [r.query for r in batch], method=m,
-                       adapter=adapter if m != "text" else None,
-                       max_new_tokens=max_new_tokens, templates=templates)
+      res = synthesize(
+        model,
+        tokenizer,
+        branches,
+        [r.query for r in batch],
+        method=m,
+        adapter=adapter if m != "text" else None,
+        max_new_tokens=max_new_tokens,
+        templates=templates,
+      )
       ttft[m].append(res.ttft_s)
       outputs[m] = res.texts
       for row, text in zip(batch, res.texts):
         scores[m][group(row)].append(scorer(row, text))
     for i, row in enumerate(batch):
-      samples.append({"group": group(row), "query": row.query, "answer": row.answer,
-                      **{m: outputs[m][i] for m in methods}})
+      samples.append(
+        {
+          "group": group(row),
+          "query": row.query,
+          "answer": row.answer,
+          **{m: outputs[m][i] for m in methods},
+        }
+      )
   per_group = {m: {g: float(np.mean(v)) for g, v in sorted(scores[m].items())} for m in methods}
   return {
-      "accuracy": {m: float(np.mean(list(per_group[m].values()))) for m in methods},
-      "per_group": per_group,
-      "ttft_median_s": {m: float(np.median(ttft[m])) for m in methods},
-      "ttft_spread_s": {m: [float(np.min(ttft[m])), float(np.max(ttft[m]))] for m in methods},
-      "num_examples": len(rows),
-      "batch_size": batch_size,
-      "samples": samples[:24],
+    "accuracy": {m: float(np.mean(list(per_group[m].values()))) for m in methods},
+    "per_group": per_group,
+    "ttft_median_s": {m: float(np.median(ttft[m])) for m in methods},
+    "ttft_spread_s": {m: [float(np.min(ttft[m])), float(np.max(ttft[m]))] for m in methods},
+    "num_examples": len(rows),
+    "batch_size": batch_size,
+    "samples": samples[:24],
   }
 
 
-def write_report(results: dict, directory: str, *, name: str = "demo", title: str = "",
-                 extra: dict | None = None) -> dict[str, str]:
+def write_report(
+  results: dict, directory: str, *, name: str = "demo", title: str = "", extra: dict | None = None
+) -> dict[str, str]:
   """Writes NAME.json, NAME.md (tables) and NAME.png (accuracy per group and method)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
@@ -82,16 +105,28 @@ def write_report(results: dict, directory: str, *, name: str = "demo", title: st
   for g in groups:
     cells = [f"{100 * results['per_group'][m].get(g, float('nan')):.1f}" for m in methods]
     lines.append(f"| {g} | " + " | ".join(cells) + " |")
-  lines.append("| **mean over groups** | " + " | ".join(
-      f"**{100 * results['accuracy'][m]:.1f}**" for m in methods) + " |")
-  lines += ["", f"Accuracy in % on {results['num_examples']} held-out examples.", "",
-            "| method | TTFT median (ms) | min-max (ms) |", "|---|---|---|"]
+  lines.append(
+    "| **mean over groups** | "
+    + " | ".join(f"**{100 * results['accuracy'][m]:.1f}**" for m in methods)
+    + " |"
+  )
+  lines += [
+    "",
+    f"Accuracy in % on {results['num_examples']} held-out examples.",
+    "",
+    "| method | TTFT median (ms) | min-max (ms) |",
+    "|---|---|---|",
+  ]
   for m in methods:
     lo, hi = results["ttft_spread_s"][m]
-    lines.append(f"| {m} | {1e3 * results['ttft_median_s'][m]:.1f} | "
-                 f"{1e3 * lo:.1f}-{1e3 * hi:.1f} |")
-  lines += ["", f"TTFT of a batch of {results['batch_size']} synthesizer calls (prefill + first "
-            "token; the cache methods include re-encoding, mapper and merge), compile excluded."]
+    lines.append(
+      f"| {m} | {1e3 * results['ttft_median_s'][m]:.1f} | {1e3 * lo:.1f}-{1e3 * hi:.1f} |"
+    )
+  lines += [
+    "",
+    f"TTFT of a batch of {results['batch_size']} synthesizer calls (prefill + first "
+    "token; the cache methods include re-encoding, mapper and merge), compile excluded.",
+  ]
   with open(paths["md"], "w") as f:
     f.write("\n".join(lines) + "\n")
 

@@ -23,8 +23,14 @@ from ps_jax.data.rows import Row, RowStats
 from ps_jax.model import Transformer
 from ps_jax.sharding import MeshConfig, batch_sharding, make_mesh, state_shardings
 from ps_jax.train.checkpoint import Checkpointer, abstract_like
-from ps_jax.train.step import (OptimizerConfig, eval_step, init_state, make_optimizer,
-                               split_adapter, train_step)
+from ps_jax.train.step import (
+  OptimizerConfig,
+  eval_step,
+  init_state,
+  make_optimizer,
+  split_adapter,
+  train_step,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +83,16 @@ def _read_metrics(path: str, up_to_step: int) -> list[dict]:
   return records
 
 
-def train(model: Transformer, tokenizer, train_rows: Sequence[Row], eval_rows: Sequence[Row],
-          cfg: TrainConfig, workdir: str, *, row_stats: RowStats | None = None) -> TrainResult:
+def train(
+  model: Transformer,
+  tokenizer,
+  train_rows: Sequence[Row],
+  eval_rows: Sequence[Row],
+  cfg: TrainConfig,
+  workdir: str,
+  *,
+  row_stats: RowStats | None = None,
+) -> TrainResult:
   """Trains the adapter (mapper + LoRA) on `train_rows`; resumes from `workdir` if possible.
 
   row_stats: the loader's counts of rows it already skipped (added to the metrics' counts).
@@ -101,17 +115,26 @@ def train(model: Transformer, tokenizer, train_rows: Sequence[Row], eval_rows: S
   replicated = NamedSharding(mesh, PartitionSpec())
   state = jax.device_put(init_state(adapter, optimizer), replicated)
 
-  statics = dict(model_graphdef=model_graphdef, adapter_graphdef=adapter_graphdef,
-                 adapter_rest=adapter_rest, target_tokens=cfg.pipeline.target_tokens)
-  step_fn = jax.jit(functools.partial(train_step, optimizer=optimizer, **statics),
-                    donate_argnums=0, out_shardings=replicated)
+  statics = dict(
+    model_graphdef=model_graphdef,
+    adapter_graphdef=adapter_graphdef,
+    adapter_rest=adapter_rest,
+    target_tokens=cfg.pipeline.target_tokens,
+  )
+  step_fn = jax.jit(
+    functools.partial(train_step, optimizer=optimizer, **statics),
+    donate_argnums=0,
+    out_shardings=replicated,
+  )
   eval_fn = jax.jit(functools.partial(eval_step, **statics), out_shardings=replicated)
 
-  data = make_dataset(train_set.examples, cfg.pipeline, process_index=pindex,
-                      process_count=pcount)
+  data = make_dataset(train_set.examples, cfg.pipeline, process_index=pindex, process_count=pcount)
   iterator = iter(data)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=cfg.checkpoint_every,
-                      max_to_keep=cfg.max_checkpoints)
+  ckpt = Checkpointer(
+    os.path.join(workdir, "checkpoints"),
+    every_steps=cfg.checkpoint_every,
+    max_to_keep=cfg.max_checkpoints,
+  )
   start_step = 0
   restored = ckpt.restore_latest(abstract_like(state))
   if restored is not None:
@@ -129,14 +152,15 @@ def train(model: Transformer, tokenizer, train_rows: Sequence[Row], eval_rows: S
   skipped = {f"skipped/{k}": v for k, v in train_set.stats.skipped.items()}
 
   def to_global(batch):
-    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
-            for k, v in batch.items()}
+    return {
+      k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+      for k, v in batch.items()
+    }
 
   def evaluate(state) -> dict:
     if not eval_set.examples:
       return {}
-    it = iter(make_dataset(eval_set.examples, eval_cfg, process_index=pindex,
-                           process_count=pcount))
+    it = iter(make_dataset(eval_set.examples, eval_cfg, process_index=pindex, process_count=pcount))
     total, count = 0.0, 0.0
     for _, batch in zip(range(cfg.eval_batches), it):
       if len(batch["synth_lengths"]) != cfg.pipeline.batch_size // pcount:
@@ -148,9 +172,11 @@ def train(model: Transformer, tokenizer, train_rows: Sequence[Row], eval_rows: S
 
   # Padded tokens processed per step (branch prefill + synthesizer forward/backward).
   tokens_per_step = cfg.pipeline.batch_size * (
-      cfg.pipeline.max_branches * cfg.pipeline.branch_tokens + cfg.pipeline.synth_tokens)
-  bar = tqdm(total=cfg.num_steps, initial=start_step, desc="train", unit="step",
-             disable=pindex != 0)
+    cfg.pipeline.max_branches * cfg.pipeline.branch_tokens + cfg.pipeline.synth_tokens
+  )
+  bar = tqdm(
+    total=cfg.num_steps, initial=start_step, desc="train", unit="step", disable=pindex != 0
+  )
   step = start_step
   metrics_file = open(metrics_path, "a") if pindex == 0 else None  # pylint: disable=consider-using-with
   try:
@@ -163,12 +189,19 @@ def train(model: Transformer, tokenizer, train_rows: Sequence[Row], eval_rows: S
       step += 1
       if not math.isfinite(loss) or not bool(m["finite"]):
         raise NonFiniteLossError(
-            f"loss is {loss} at step {step} (or its update made the adapter non-finite); "
-            f"stopping. The last good checkpoint (step {ckpt.manager.latest_step()}) is kept "
-            f"in {ckpt.directory}")
-      record = {"step": step, "loss": loss, "grad_norm": float(m["grad_norm"]),
-                "target_tokens": float(m["target_tokens"]), "step_s": seconds,
-                "tokens_per_s": tokens_per_step / seconds, **skipped}
+          f"loss is {loss} at step {step} (or its update made the adapter non-finite); "
+          f"stopping. The last good checkpoint (step {ckpt.manager.latest_step()}) is kept "
+          f"in {ckpt.directory}"
+        )
+      record = {
+        "step": step,
+        "loss": loss,
+        "grad_norm": float(m["grad_norm"]),
+        "target_tokens": float(m["target_tokens"]),
+        "step_s": seconds,
+        "tokens_per_s": tokens_per_step / seconds,
+        **skipped,
+      }
       if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.num_steps:
         record.update(evaluate(state))
       history.append(record)
@@ -196,4 +229,5 @@ def train(model: Transformer, tokenizer, train_rows: Sequence[Row], eval_rows: S
 
 def _summary_writer(workdir: str):
   from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
   return SummaryWriter(os.path.join(workdir, "tensorboard"))

@@ -55,12 +55,14 @@ def split_adapter(adapter: Adapter):
 
 def init_state(adapter: Adapter, optimizer: optax.GradientTransformation) -> TrainState:
   trainable = nnx.to_pure_dict(split_adapter(adapter)[1])
-  return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
-                    opt_state=optimizer.init(trainable))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=optimizer.init(trainable)
+  )
 
 
-def loss_fn(trainable, model: Transformer, adapter_graphdef, adapter_rest, batch, *,
-            target_tokens: int):
+def loss_fn(
+  trainable, model: Transformer, adapter_graphdef, adapter_rest, batch, *, target_tokens: int
+):
   """(token-mean target cross-entropy, number of target tokens).
 
   Logits are computed only over each row's answer window [target_start, target_start + A):
@@ -69,9 +71,15 @@ def loss_fn(trainable, model: Transformer, adapter_graphdef, adapter_rest, batch
   adapter = nnx.merge(adapter_graphdef, trainable, adapter_rest)
   caches = branch_caches_from_tokens(model, batch["branch_tokens"], batch["branch_lengths"])
   lora = adapter.lora.weights(model.dtype) if adapter.lora is not None else None
-  hidden = synthesis_hidden(model, caches, batch["synth_tokens"], batch["synth_lengths"],
-                            mapper=adapter.mapper, lora=lora,
-                            lora_scale=adapter.lora.scale if adapter.lora is not None else 0.0)
+  hidden = synthesis_hidden(
+    model,
+    caches,
+    batch["synth_tokens"],
+    batch["synth_lengths"],
+    mapper=adapter.mapper,
+    lora=lora,
+    lora_scale=adapter.lora.scale if adapter.lora is not None else 0.0,
+  )
   t = batch["synth_tokens"].shape[1]
   window = batch["target_start"][:, None] + jnp.arange(target_tokens)[None, :]  # [B, A]
   hidden = jnp.take_along_axis(hidden, jnp.minimum(window, t - 1)[..., None], axis=1)
@@ -83,25 +91,49 @@ def loss_fn(trainable, model: Transformer, adapter_graphdef, adapter_rest, batch
   return jnp.sum(ce * mask) / jnp.maximum(count, 1.0), count
 
 
-def train_step(state: TrainState, model_params, batch, *, model_graphdef, adapter_graphdef,
-               adapter_rest, optimizer, target_tokens):
+def train_step(
+  state: TrainState,
+  model_params,
+  batch,
+  *,
+  model_graphdef,
+  adapter_graphdef,
+  adapter_rest,
+  optimizer,
+  target_tokens,
+):
   """One AdamW step on the adapter; returns (new state, metrics)."""
   model = nnx.merge(model_graphdef, model_params)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (loss, count), grads = grad_fn(state.trainable, model, adapter_graphdef, adapter_rest, batch,
-                                 target_tokens=target_tokens)
+  (loss, count), grads = grad_fn(
+    state.trainable, model, adapter_graphdef, adapter_rest, batch, target_tokens=target_tokens
+  )
   updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
   trainable = optax.apply_updates(state.trainable, updates)
-  finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
-      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trainable)]))
-  metrics = {"loss": loss, "target_tokens": count, "grad_norm": optax.tree.norm(grads),
-             "finite": finite}
+  finite = jnp.isfinite(loss) & jnp.all(
+    jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trainable)])
+  )
+  metrics = {
+    "loss": loss,
+    "target_tokens": count,
+    "grad_norm": optax.tree.norm(grads),
+    "finite": finite,
+  }
   return TrainState(step=state.step + 1, trainable=trainable, opt_state=opt_state), metrics
 
 
-def eval_step(state: TrainState, model_params, batch, *, model_graphdef, adapter_graphdef,
-              adapter_rest, target_tokens):
+def eval_step(
+  state: TrainState,
+  model_params,
+  batch,
+  *,
+  model_graphdef,
+  adapter_graphdef,
+  adapter_rest,
+  target_tokens,
+):
   model = nnx.merge(model_graphdef, model_params)
-  loss, count = loss_fn(state.trainable, model, adapter_graphdef, adapter_rest, batch,
-                        target_tokens=target_tokens)
+  loss, count = loss_fn(
+    state.trainable, model, adapter_graphdef, adapter_rest, batch, target_tokens=target_tokens
+  )
   return {"loss": loss, "target_tokens": count}

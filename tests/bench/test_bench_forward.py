@@ -13,15 +13,27 @@ import pytest
 from ps_jax.bench import forward
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = forward.ForwardBenchConfig(prefill_tokens=16, decode_prompt_tokens=8, decode_new_tokens=4,
-                                  decode_batches=(1, 2), repeats=2, warmup=1)
+TINY = forward.ForwardBenchConfig(
+  prefill_tokens=16,
+  decode_prompt_tokens=8,
+  decode_new_tokens=4,
+  decode_batches=(1, 2),
+  repeats=2,
+  warmup=1,
+)
 
 
 @pytest.fixture(scope="module")
 def result(tiny):
   t, model = tiny("llama")
-  return forward.run(model, None, config=TINY, torch_model=t.hf, model_name="tiny-llama",
-                     env_extra={"threads": {"note": "test"}})
+  return forward.run(
+    model,
+    None,
+    config=TINY,
+    torch_model=t.hf,
+    model_name="tiny-llama",
+    env_extra={"threads": {"note": "test"}},
+  )
 
 
 def test_result_keys(result):
@@ -43,8 +55,11 @@ def test_result_keys(result):
   for key in ("compile_s", "first_call_s", "first_call_overhead_s", "compile_events_s"):
     assert key in jx["prefill"] and key in jx["decode"]["1"]
   assert jx["decode"]["1"]["compile_events_s"]["backend_compile_duration:_decode"] > 0
-  assert jx["prefill"]["compile_s"] >= jx["prefill"]["compile_events_s"][
-      "backend_compile_duration:_prefill"] > 0
+  assert (
+    jx["prefill"]["compile_s"]
+    >= jx["prefill"]["compile_events_s"]["backend_compile_duration:_prefill"]
+    > 0
+  )
   assert set(res["ratio_ps_jax_over_transformers"]) == {"prefill", "decode_b1", "decode_b2"}
   # Same weights, same prompts, greedy: the harness fed both frameworks the same ids.
   assert res["greedy_agreement"]["1"] == 1.0
@@ -67,8 +82,9 @@ def test_write_documents(result, tmp_path):
 
 def test_jax_only(tiny, tmp_path):
   _, model = tiny("llama")
-  config = forward.ForwardBenchConfig(prefill_tokens=8, decode_prompt_tokens=8,
-                                      decode_new_tokens=2, decode_batches=(1,), repeats=1)
+  config = forward.ForwardBenchConfig(
+    prefill_tokens=8, decode_prompt_tokens=8, decode_new_tokens=2, decode_batches=(1,), repeats=1
+  )
   result = forward.run(model, None, config=config)
   assert "transformers" not in result["results"]
   paths = forward.write(result, str(tmp_path / "jax_only"))
@@ -77,11 +93,16 @@ def test_jax_only(tiny, tmp_path):
 
 def test_decode_step_analysis(tiny):
   _, model = tiny("llama")
-  out = forward.decode_step_analysis(model, batches=(1,), cache_len=16, repeats=1,
-                                     bandwidth_mib=8)
+  out = forward.decode_step_analysis(model, batches=(1,), cache_len=16, repeats=1, bandwidth_mib=8)
   assert out["param_bytes"] > 0 and out["read_bandwidth_gb_s"] > 0
-  assert set(out["batches"]["1"]) == {"step", "weight_matmuls", "lm_head", "attention",
-                                      "attention_kv_major", "cache_update"}
+  assert set(out["batches"]["1"]) == {
+    "step",
+    "weight_matmuls",
+    "lm_head",
+    "attention",
+    "attention_kv_major",
+    "cache_update",
+  }
   assert all(v["ms"] > 0 for v in out["batches"]["1"].values())
   md = forward.analysis_markdown(out)
   assert "| batch 1 |" in md
@@ -113,15 +134,32 @@ def test_launch_bench_forward(tiny, tmp_path):
   stem = tmp_path / "fwd"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   proc = subprocess.run(
-      [sys.executable, "-m", "launch.bench_forward", "--config", "configs/bench_forward.py",
-       f"--config.model={t.path}",
-       f"--config.out={stem}", "--config.bench.prefill_tokens=16",
-       "--config.bench.decode_prompt_tokens=8", "--config.bench.decode_new_tokens=3",
-       "--config.bench.repeats=1", "--config.bench.decode_batches=(1,2)"],
-      cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
+    [
+      sys.executable,
+      "-m",
+      "launch.bench_forward",
+      "--config",
+      "configs/bench_forward.py",
+      f"--config.model={t.path}",
+      f"--config.out={stem}",
+      "--config.bench.prefill_tokens=16",
+      "--config.bench.decode_prompt_tokens=8",
+      "--config.bench.decode_new_tokens=3",
+      "--config.bench.repeats=1",
+      "--config.bench.decode_batches=(1,2)",
+    ],
+    cwd=ROOT,
+    env=env,
+    stdin=subprocess.DEVNULL,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
   data = json.loads((tmp_path / "fwd.json").read_text())
   assert set(data["results"]) >= {"ps_jax", "transformers", "ratio_ps_jax_over_transformers"}
   assert set(data["decode_step_analysis"]["batches"]) == {"1", "2"}
   assert data["environment"]["threads"]["cores_used"] >= 1
-  assert (tmp_path / "fwd.png").exists() and "Where a decode step" in (tmp_path / "fwd.md").read_text()
+  assert (tmp_path / "fwd.png").exists() and "Where a decode step" in (
+    tmp_path / "fwd.md"
+  ).read_text()

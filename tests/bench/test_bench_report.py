@@ -36,10 +36,15 @@ def test_to_jsonable():
   class C:
     a: tuple = (1, 2)
 
-  out = report.to_jsonable({"c": C(), "x": np.float32(1.5), "arr": np.arange(3),
-                            "inf": float("inf")})
-  assert json.loads(json.dumps(out)) == {"c": {"a": [1, 2]}, "x": 1.5, "arr": [0, 1, 2],
-                                         "inf": "inf"}
+  out = report.to_jsonable(
+    {"c": C(), "x": np.float32(1.5), "arr": np.arange(3), "inf": float("inf")}
+  )
+  assert json.loads(json.dumps(out)) == {
+    "c": {"a": [1, 2]},
+    "x": 1.5,
+    "arr": [0, 1, 2],
+    "inf": "inf",
+  }
 
 
 def test_environment():
@@ -68,8 +73,9 @@ def test_compile_events_per_function():
 
 def test_write_report(tmp_path):
   result = {"a": np.arange(2)}
-  chart = report.BarChart(title="t", ylabel="tok/s", groups=["g1", "g2"],
-                          values={"x": [1.0, 2.0], "y": [3.0, None]})
+  chart = report.BarChart(
+    title="t", ylabel="tok/s", groups=["g1", "g2"], values={"x": [1.0, 2.0], "y": [3.0, None]}
+  )
   paths = report.write_report(str(tmp_path / "r"), result, "# hi", chart)
   assert json.loads(open(paths["json"]).read()) == {"a": [0, 1]}
   assert open(paths["md"]).read() == "# hi\n"

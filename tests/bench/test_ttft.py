@@ -21,26 +21,73 @@ from ps_jax.bench import ttft
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-CELL_KEYS = {"num_branches", "branch_length", "branch_tokens", "branch_bucket", "branch_slots",
-             "synth_prompt_tokens", "text_prompt_tokens", "ps_max_position", "paths", "ratios",
-             "load_average_1m"}
-RESULT_KEYS = {"benchmark", "model", "model_config", "dtype", "config", "environment",
-               "compile_check", "cells", "targets", "wall_s"}
-OK_PATH_KEYS = {"status", "ttft_s", "repeats", "reduced_repeats", "warmup_s", "parts_s",
-                "first_token", "compile_events_s"}
+CELL_KEYS = {
+  "num_branches",
+  "branch_length",
+  "branch_tokens",
+  "branch_bucket",
+  "branch_slots",
+  "synth_prompt_tokens",
+  "text_prompt_tokens",
+  "ps_max_position",
+  "paths",
+  "ratios",
+  "load_average_1m",
+}
+RESULT_KEYS = {
+  "benchmark",
+  "model",
+  "model_config",
+  "dtype",
+  "config",
+  "environment",
+  "compile_check",
+  "cells",
+  "targets",
+  "wall_s",
+}
+OK_PATH_KEYS = {
+  "status",
+  "ttft_s",
+  "repeats",
+  "reduced_repeats",
+  "warmup_s",
+  "parts_s",
+  "first_token",
+  "compile_events_s",
+}
 
 
 def tiny_model(max_positions: int = 4096):
   """The tiny random model of the issue (no tokenizer)."""
-  return ps_jax.Transformer(ps_jax.ModelConfig(
-      family="llama", vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2,
-      num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=max_positions,
-      bos_token_id=1, eos_token_ids=(2,)), rngs=flax.nnx.Rngs(0))
+  return ps_jax.Transformer(
+    ps_jax.ModelConfig(
+      family="llama",
+      vocab_size=128,
+      hidden_size=32,
+      intermediate_size=64,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=8,
+      max_position_embeddings=max_positions,
+      bos_token_id=1,
+      eos_token_ids=(2,),
+    ),
+    rngs=flax.nnx.Rngs(0),
+  )
 
 
 def small_config(**overrides) -> ttft.TTFTConfig:
-  kwargs = dict(num_branches=(2, 3), branch_lengths=(16,), repeats=2, min_repeats=1,
-                warmup=1, compile_check_lengths=(20, 24), compile_check_branches=2)
+  kwargs = dict(
+    num_branches=(2, 3),
+    branch_lengths=(16,),
+    repeats=2,
+    min_repeats=1,
+    warmup=1,
+    compile_check_lengths=(20, 24),
+    compile_check_branches=2,
+  )
   kwargs.update(overrides)
   return ttft.TTFTConfig(**kwargs)
 
@@ -91,8 +138,9 @@ def test_ids_only_tiny_model_writes_json_markdown_png(tmp_path):
     assert c["branch_bucket"] == 4 and c["branch_slots"] == length  # N=3 -> bucket 4
     assert c["paths"]["torch_text"]["status"] == "skipped"
   over = cells[(3, 64)]["paths"]["text"]
-  assert over["status"] == "skipped" and "exceeds the model's 256-position context" in \
-      over["reason"]
+  assert (
+    over["status"] == "skipped" and "exceeds the model's 256-position context" in over["reason"]
+  )
   assert cells[(3, 64)]["ratios"]["text_over_ps"] is None
   single = cells[(3, 16)]["paths"]["text"]
   assert single["status"] == "ok" and single["protocol"] == "single"
@@ -131,13 +179,14 @@ def test_text_prompt_splices_exact_branch_ids():
   text = prompts.text_ids([ids] * 3)
   assert len(text) == sum(len(p) for p in prompts.text_pieces) + 3 * 40
   start = len(prompts.text_pieces[0])
-  assert text[start:start + 40] == ids
+  assert text[start : start + 40] == ids
   decoded = tok.decode(text)
   for i in (1, 2, 3):
     assert f"Agent {i}:" in decoded
   assert config.question in decoded
   latent = ps_jax.generation.encode_prompts(
-      tok, [ps_jax.prompts.PromptTemplates().latent_synthesizer_messages(config.question)])[0]
+    tok, [ps_jax.prompts.PromptTemplates().latent_synthesizer_messages(config.question)]
+  )[0]
   assert prompts.latent == latent
   with pytest.raises(ValueError, match="2 branches for 3 slots"):
     prompts.text_ids([ids] * 2)
@@ -157,8 +206,14 @@ def tiny_folder(tmp_path_factory):
 def test_tokenizer_and_torch_reference(tiny_folder, tmp_path):
   model, tok = ps_jax.load(tiny_folder.path, dtype=jnp.float32)
   assert tok is not None
-  result = ttft.run(model, tok, small_config(num_branches=(2,)), torch_model=tiny_folder.hf,
-                    model_name="tiny-llama", log=lambda s: None)
+  result = ttft.run(
+    model,
+    tok,
+    small_config(num_branches=(2,)),
+    torch_model=tiny_folder.hf,
+    model_name="tiny-llama",
+    log=lambda s: None,
+  )
   data = check_outputs(result, ttft.write(result, str(tmp_path / "ttft")))
   for cell in data["cells"]:
     for name in ttft.PATHS:
@@ -195,13 +250,22 @@ def test_launcher_on_a_tiny_folder(tiny_folder, tmp_path):
   """`python -m launch.bench_ttft` end to end (quick mode, a tiny model folder)."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   stem = str(tmp_path / "out" / "ttft")
-  cmd = [sys.executable, "-m", "launch.bench_ttft", "--config",
-         f"configs/bench_ttft.py:model={tiny_folder.path}", "--config.quick=True",
-         f"--config.output={stem}", "--config.branch_lengths=(16,)", "--config.repeats=1",
-         "--config.min_repeats=1",
-         "--config.compile_check_lengths=(20,24)"]
-  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-                        check=False)
+  cmd = [
+    sys.executable,
+    "-m",
+    "launch.bench_ttft",
+    "--config",
+    f"configs/bench_ttft.py:model={tiny_folder.path}",
+    "--config.quick=True",
+    f"--config.output={stem}",
+    "--config.branch_lengths=(16,)",
+    "--config.repeats=1",
+    "--config.min_repeats=1",
+    "--config.compile_check_lengths=(20,24)",
+  ]
+  proc = subprocess.run(
+    cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(stem + ".json") as f:
     data = json.load(f)

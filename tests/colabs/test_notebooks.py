@@ -36,7 +36,8 @@ def test_notebook_outputs_are_stripped(path):
     if cell.cell_type == "code":
       assert cell.get("outputs") == [], f"{os.path.basename(path)} cell {i} has outputs"
       assert cell.get("execution_count") is None, (
-          f"{os.path.basename(path)} cell {i} has an execution count")
+        f"{os.path.basename(path)} cell {i} has an execution count"
+      )
     assert "attachments" not in cell or not cell["attachments"]
   assert "widgets" not in nb.metadata
 
@@ -57,11 +58,17 @@ def test_notebook_executes(path, monkeypatch):
   # system-wide under that name.
   monkeypatch.setenv("JUPYTER_PATH", os.path.join(sys.prefix, "share", "jupyter"))
   nb = nbformat.read(path, as_version=4)
-  client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT_S,
-                                   resources={"metadata": {"path": ROOT}})
+  client = nbclient.NotebookClient(
+    nb, kernel_name="python3", timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": ROOT}}
+  )
   start = time.perf_counter()
   client.execute()
   print(f"{os.path.basename(path)} executed in {time.perf_counter() - start:.1f} s")
-  errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-            if o.get("output_type") == "error"]
+  errors = [
+    o
+    for c in nb.cells
+    if c.cell_type == "code"
+    for o in c.get("outputs", [])
+    if o.get("output_type") == "error"
+  ]
   assert not errors, errors

@@ -19,24 +19,33 @@ from ps_jax.data import JsonlSource
 from ps_jax.train import distill as dl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SHAPE = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-             head_dim=8, tie_embeddings=False)
-CFG = dl.DistillConfig(branches="workers", num_branches=3, worker_max_new_tokens=8,
-                       synth_max_new_tokens=8, batch_size=4)
+SHAPE = dict(
+  hidden_size=32,
+  intermediate_size=64,
+  num_layers=2,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=8,
+  tie_embeddings=False,
+)
+CFG = dl.DistillConfig(
+  branches="workers", num_branches=3, worker_max_new_tokens=8, synth_max_new_tokens=8, batch_size=4
+)
 
 QUERIES = [
-    {"query": "What is 2 + 3?", "answer": "5", "id": "q0"},
-    {"question": "Name a colour.", "meta": {"k": 1}},
-    {"query": "Which city is the capital of Peru?", "answer": "Lima"},
-    {"query": "How many legs does a spider have?"},
-    {"query": "Give a synonym of quick."},
-    {"query": "What do bees make?", "gold": "honey"},
+  {"query": "What is 2 + 3?", "answer": "5", "id": "q0"},
+  {"question": "Name a colour.", "meta": {"k": 1}},
+  {"query": "Which city is the capital of Peru?", "answer": "Lima"},
+  {"query": "How many legs does a spider have?"},
+  {"query": "Give a synonym of quick."},
+  {"query": "What do bees make?", "gold": "honey"},
 ]
 
 
 @pytest.fixture(scope="module")
 def model_tok():
   from flax import nnx  # pylint: disable=import-outside-toplevel
+
   config = dataclasses.replace(ps.io.load_config("smollm2-135m-instruct"), **SHAPE)
   return ps.Transformer(config, rngs=nnx.Rngs(0)), ps.io.load_tokenizer("smollm2-135m-instruct")
 
@@ -86,6 +95,7 @@ def test_rows_schema_and_jsonl_source(model_tok, queries_jsonl, tmp_path):
     assert by_index[1]["meta"]["k"] == 1
   # pipeline_needs: the smallest training buckets that keep every distilled row.
   from ps_jax.data.pipeline import PipelineConfig, tokenize_rows  # pylint: disable=import-outside-toplevel
+
   need = dl.pipeline_needs(str(out), model_tok[1])
   kept = tokenize_rows(list(source), model_tok[1], PipelineConfig(**need))
   assert kept.stats.valid == len(source) and kept.stats.num_skipped == 0
@@ -110,7 +120,7 @@ def test_interrupted_run_resumes_to_the_same_file(model_tok, queries_jsonl, tmp_
   text = _lines(part)
   lines = text.splitlines(keepends=True)
   with open(part, "w", encoding="utf-8") as f:
-    f.write("".join(lines[:-1]) + lines[-1][:len(lines[-1]) // 2])
+    f.write("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
   second = _run(model_tok, inputs, part)
   assert second.already_done == 2  # the cut row is redone, not the two before it
   assert second.written + sum(second.skipped.values()) == len(QUERIES) - 2
@@ -122,8 +132,9 @@ def test_interrupted_run_resumes_to_the_same_file(model_tok, queries_jsonl, tmp_
   assert _lines(part) == _lines(full)
 
 
-def test_crash_mid_run_loses_only_the_batch_in_flight(model_tok, queries_jsonl, tmp_path,
-                                                      monkeypatch):
+def test_crash_mid_run_loses_only_the_batch_in_flight(
+  model_tok, queries_jsonl, tmp_path, monkeypatch
+):
   inputs, _ = dl.load_inputs(queries_jsonl)
   cfg = dataclasses.replace(CFG, batch_size=2)
   full = tmp_path / "full.jsonl"
@@ -165,12 +176,15 @@ def test_rows_do_not_depend_on_batching(model_tok, queries_jsonl, tmp_path):
 
 def test_contexts_as_branches_and_skips(model_tok, tmp_path):
   records = [
-      {"query": "What is Ann's code?", "answer": "4821",
-       "contexts": ["Ann's code is 4821.", "Bob's code is 1934."]},
-      {"query": "Only a question here."},
-      {"query": "Join the parts.", "agent_reference_contexts": ["Part 1: red.", "Part 2: fox."]},
-      {"answer": "no query"},
-      "not an object",
+    {
+      "query": "What is Ann's code?",
+      "answer": "4821",
+      "contexts": ["Ann's code is 4821.", "Bob's code is 1934."],
+    },
+    {"query": "Only a question here."},
+    {"query": "Join the parts.", "agent_reference_contexts": ["Part 1: red.", "Part 2: fox."]},
+    {"answer": "no query"},
+    "not an object",
   ]
   path = tmp_path / "in.jsonl"
   with open(path, "w") as f:
@@ -186,7 +200,7 @@ def test_contexts_as_branches_and_skips(model_tok, tmp_path):
   res = _run(model_tok, inputs, out, cfg=cfg)
   assert res.skipped["contexts:missing"] == 1
   rows = [json.loads(line) for line in _lines(out).splitlines()]
-  assert [r["meta"]["distill"]["index"] for r in rows] == [0, 2][:len(rows)]
+  assert [r["meta"]["distill"]["index"] for r in rows] == [0, 2][: len(rows)]
   for r in rows:
     assert tuple(r["contexts"]) == inputs[r["meta"]["distill"]["index"]].contexts
     assert r["meta"]["distill"]["branches"] == "contexts"
@@ -198,11 +212,13 @@ def test_contexts_as_branches_and_skips(model_tok, tmp_path):
   assert again.written == 0 and not again.skipped and again.already_done == 3
 
   # "auto": contexts where a row has them, workers for the query-only row.
-  auto = _run(model_tok, inputs, tmp_path / "auto.jsonl",
-              cfg=dataclasses.replace(CFG, branches="auto"))
-  modes = {json.loads(line)["meta"]["distill"]["index"]:
-           json.loads(line)["meta"]["distill"]["branches"]
-           for line in _lines(tmp_path / "auto.jsonl").splitlines()}
+  auto = _run(
+    model_tok, inputs, tmp_path / "auto.jsonl", cfg=dataclasses.replace(CFG, branches="auto")
+  )
+  modes = {
+    json.loads(line)["meta"]["distill"]["index"]: json.loads(line)["meta"]["distill"]["branches"]
+    for line in _lines(tmp_path / "auto.jsonl").splitlines()
+  }
   assert auto.written == len(modes)
   expected = {0: "contexts", 1: "workers", 2: "contexts"}
   assert modes == {i: expected[i] for i in modes}
@@ -217,8 +233,14 @@ def test_changed_settings_are_refused(model_tok, queries_jsonl, tmp_path):
     _run(model_tok, inputs, out, cfg=dataclasses.replace(small, seed=7), settings={"input": "a"})
   with pytest.raises(ValueError, match="other settings.*input"):
     _run(model_tok, inputs, out, cfg=small, settings={"input": "b"})
-  res = _run(model_tok, inputs, out, cfg=dataclasses.replace(small, seed=7),
-             settings={"input": "a"}, overwrite=True)
+  res = _run(
+    model_tok,
+    inputs,
+    out,
+    cfg=dataclasses.replace(small, seed=7),
+    settings={"input": "a"},
+    overwrite=True,
+  )
   assert res.already_done == 0 and res.written + sum(res.skipped.values()) == 1
 
 
@@ -236,8 +258,9 @@ def test_bad_config_values():
 
 
 def test_synthetic_inputs():
-  inputs, stats = dl.load_inputs("synthetic:find_fact,majority_vote", per_family=3,
-                                 num_branches=(2, 4))
+  inputs, stats = dl.load_inputs(
+    "synthetic:find_fact,majority_vote", per_family=3, num_branches=(2, 4)
+  )
   assert stats.valid == 6 and [x.index for x in inputs] == list(range(6))
   assert all(x.contexts and x.reference for x in inputs)
   assert {x.source for x in inputs} == {"synthetic/find_fact", "synthetic/majority_vote"}
@@ -248,8 +271,16 @@ def test_synthetic_inputs():
 def test_cli_tiny(tmp_path):
   """The launch command of configs/distill.py:tiny, twice: the second run resumes."""
   workdir = tmp_path / "w"
-  cmd = [sys.executable, "-m", "launch.distill", "--config", "configs/distill.py:tiny",
-         "--workdir", str(workdir), "--config.max_rows=3"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "launch.distill",
+    "--config",
+    "configs/distill.py:tiny",
+    "--workdir",
+    str(workdir),
+    "--config.max_rows=3",
+  ]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]

@@ -14,9 +14,11 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ENTRY_POINTS = sorted(os.path.basename(p)[:-3]
-                      for p in glob.glob(os.path.join(ROOT, "launch", "*.py"))
-                      if not p.endswith("__init__.py"))
+ENTRY_POINTS = sorted(
+  os.path.basename(p)[:-3]
+  for p in glob.glob(os.path.join(ROOT, "launch", "*.py"))
+  if not p.endswith("__init__.py")
+)
 # export takes no --config: it rebuilds the adapter from the training workdir's config.json.
 NO_CONFIG = {"export": ("--workdir", "--out")}
 WITH_WORKDIR = ("train", "eval", "distill")
@@ -24,15 +26,23 @@ WITH_WORKDIR = ("train", "eval", "distill")
 
 def test_entry_points_are_all_listed():
   """A new launch module is covered here (or must be added to NO_CONFIG deliberately)."""
-  assert {"train", "eval", "distill", "generate", "bench_forward", "bench_ttft",
-          "export"} <= set(ENTRY_POINTS)
+  assert {"train", "eval", "distill", "generate", "bench_forward", "bench_ttft", "export"} <= set(
+    ENTRY_POINTS
+  )
 
 
 def _run(module: str, args: list[str], cwd) -> subprocess.CompletedProcess:
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", f"launch.{module}", *args], cwd=cwd, env=env,
-                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
-                        check=False)
+  return subprocess.run(
+    [sys.executable, "-m", f"launch.{module}", *args],
+    cwd=cwd,
+    env=env,
+    stdin=subprocess.DEVNULL,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
 
 
 @pytest.mark.parametrize("module", [m for m in ENTRY_POINTS if m not in NO_CONFIG])

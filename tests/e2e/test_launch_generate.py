@@ -33,9 +33,22 @@ def test_launch_generate_capital_of_france():
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["CI"] = "true"
   proc = subprocess.run(
-      [sys.executable, "-m", "launch.generate", "--config", "configs/generate.py",
-       "--config.prompt=What is the capital of France?", "--config.max_new_tokens=24"],
-      cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
+    [
+      sys.executable,
+      "-m",
+      "launch.generate",
+      "--config",
+      "configs/generate.py",
+      "--config.prompt=What is the capital of France?",
+      "--config.max_new_tokens=24",
+    ],
+    cwd=ROOT,
+    env=env,
+    stdin=subprocess.DEVNULL,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
   out = proc.stdout
   answer = re.search(r"^answer: (.*)$", out, re.M)

@@ -44,15 +44,15 @@ def test_chat_formatted_canonical_solution_scores():
 
 # A wrong solution of HumanEval/0 that tries to end the run with status 0 before the tests fail.
 _EARLY_EXITS = {
-    "raise SystemExit(0)": "    return False\nraise SystemExit(0)\n",
-    "sys.exit()": "    return False\nimport sys\nsys.exit()\n",
-    "exit()": "    return False\nexit()\n",
-    "quit()": "    return False\nquit()\n",
-    "os._exit(0)": "    return False\nimport os\nos._exit(0)\n",
-    "SystemExit inside the function": "    raise SystemExit(0)\n",
-    "os._exit inside the function": "    import os\n    os._exit(0)\n",
-    "sys.exit from an atexit hook": "    import atexit, sys\n    atexit.register(sys.exit)\n"
-                                    "    raise SystemExit\n",
+  "raise SystemExit(0)": "    return False\nraise SystemExit(0)\n",
+  "sys.exit()": "    return False\nimport sys\nsys.exit()\n",
+  "exit()": "    return False\nexit()\n",
+  "quit()": "    return False\nquit()\n",
+  "os._exit(0)": "    return False\nimport os\nos._exit(0)\n",
+  "SystemExit inside the function": "    raise SystemExit(0)\n",
+  "os._exit inside the function": "    import os\n    os._exit(0)\n",
+  "sys.exit from an atexit hook": "    import atexit, sys\n    atexit.register(sys.exit)\n"
+  "    raise SystemExit\n",
 }
 
 
@@ -62,5 +62,6 @@ def test_early_exit_of_a_wrong_solution_fails(body):
   program = build_code_program(body, e.code_prefix, e.test, e.entry_point)
   passed, detail = run_code(program, 10.0)
   assert not passed, detail
-  assert score_code(f"```python\n{e.code_prefix}{body}```", e.code_prefix, e.test,
-                    e.entry_point) == 0.0
+  assert (
+    score_code(f"```python\n{e.code_prefix}{body}```", e.code_prefix, e.test, e.entry_point) == 0.0
+  )

@@ -77,7 +77,9 @@ def test_isolation_is_named_in_every_detail(mode):
   assert passed == sandbox_isolation().startswith("contained"), detail
 
 
-@pytest.mark.parametrize("program, expect", [
+@pytest.mark.parametrize(
+  "program, expect",
+  [
     ("", "passed"),
     ("import sys; sys.exit(3)", "failed (exit code 3)"),
     ("raise ValueError('boom')", "ValueError: boom"),
@@ -88,7 +90,8 @@ def test_isolation_is_named_in_every_detail(mode):
     ("import os, signal; os.kill(os.getpid(), signal.SIGTERM)", "killed by signal 15"),
     ("while True: pass", "timed out after 2s"),
     ("import time; time.sleep(600)", "timed out after 2s"),
-])
+  ],
+)
 def test_outcomes(mode, program, expect):
   res = hostile(program, 2)
   if res:
@@ -97,9 +100,15 @@ def test_outcomes(mode, program, expect):
     assert expect in detail
 
 
-@pytest.mark.parametrize("program", [
-    "raise SystemExit(0)", "import sys; sys.exit()", "import sys; sys.exit(0)", "exit()",
-    "quit()", "import os; os._exit(0)",
+@pytest.mark.parametrize(
+  "program",
+  [
+    "raise SystemExit(0)",
+    "import sys; sys.exit()",
+    "import sys; sys.exit(0)",
+    "exit()",
+    "quit()",
+    "import os; os._exit(0)",
     "import threading, os; threading.Thread(target=lambda: os._exit(0)).start(); "
     "import time; time.sleep(5)",
     "def f():\n  raise SystemExit(0)\nf()\nprint('tests ran')",
@@ -108,7 +117,8 @@ def test_outcomes(mode, program, expect):
     "repr(dict(os.environ)).encode() + open('/proc/self/cmdline', 'rb').read()\n"
     "for fd in range(3, 64):\n  try:\n    os.write(fd, blob)\n  except OSError:\n    pass\n"
     "os._exit(0)",
-])
+  ],
+)
 def test_early_exit_with_status_0_fails(mode, program):
   res = hostile(program)
   if res:
@@ -143,8 +153,10 @@ def test_fork_bomb_is_contained_and_cleaned_up(mode):
 
 
 def test_escaped_children_are_killed(mode):
-  program = ("import os, time\nif os.fork() == 0:\n  os.setsid()\n  time.sleep(120)\n"
-             "  os._exit(0)\ntime.sleep(0.2)\n")
+  program = (
+    "import os, time\nif os.fork() == 0:\n  os.setsid()\n  time.sleep(120)\n"
+    "  os._exit(0)\ntime.sleep(0.2)\n"
+  )
   before = set(os.listdir("/proc"))
   res = hostile(program)
   if res:
@@ -153,8 +165,10 @@ def test_escaped_children_are_killed(mode):
 
 
 def test_process_limit_applies(mode):
-  program = ("import os, time\nfor _ in range(100):\n  if os.fork() == 0:\n"
-             "    time.sleep(20)\n    os._exit(0)\n")
+  program = (
+    "import os, time\nfor _ in range(100):\n  if os.fork() == 0:\n"
+    "    time.sleep(20)\n    os._exit(0)\n"
+  )
   res = hostile(program, 10, SandboxLimits(max_processes=16))
   if res and NPROC_ENFORCED[mode]:
     assert not res[0] and "Resource temporarily unavailable" in res[1], res[1]
@@ -166,12 +180,15 @@ def test_memory_bomb_fails(mode):
     assert not res[0] and "MemoryError" in res[1], res[1]
 
 
-@pytest.mark.parametrize("program", [
+@pytest.mark.parametrize(
+  "program",
+  [
     "def f(n):\n  return f(n + 1)\nf(0)\n",
     # Recursion through C (__getattr__) with the guard lifted overflows the C stack.
     "import sys\nsys.setrecursionlimit(10**6)\nclass A:\n"
     "  def __getattr__(self, n):\n    return getattr(self, n)\nA().x\n",
-])
+  ],
+)
 def test_deep_recursion_fails(mode, program):
   res = hostile(program, 5)
   if res:
@@ -279,13 +296,22 @@ for pid in os.listdir("/proc"):
       pass
 print("clean")
 """
-  driver = ("import sys\nfrom ps_jax.evals import sandbox\n"
-            f"sandbox._contained_mode = lambda: {mode!r}\n"
-            "passed, detail = sandbox.run_code(sys.stdin.read(), 10)\nprint(passed, detail)\n")
+  driver = (
+    "import sys\nfrom ps_jax.evals import sandbox\n"
+    f"sandbox._contained_mode = lambda: {mode!r}\n"
+    "passed, detail = sandbox.run_code(sys.stdin.read(), 10)\nprint(passed, detail)\n"
+  )
   env = {**os.environ, "PS_JAX_TEST_SECRET": secret}
   env.pop(sandbox.UNSAFE_ENV, None)
-  out = subprocess.run([sys.executable, "-c", driver], input=program, env=env, text=True,
-                       capture_output=True, timeout=120, check=True).stdout
+  out = subprocess.run(
+    [sys.executable, "-c", driver],
+    input=program,
+    env=env,
+    text=True,
+    capture_output=True,
+    timeout=120,
+    check=True,
+  ).stdout
   if sandbox._probe(mode) is not None:
     assert out.startswith("False refused"), out
   else:

@@ -17,9 +17,15 @@ pytestmark = pytest.mark.slow  # loads the SmolLM2 tokenizer and compiles a few 
 @pytest.fixture(scope="module")
 def tiny_model():
   """A 2-layer random model with SmolLM2's tokenizer and vocabulary (outputs are noise)."""
-  config = dataclasses.replace(ps.io.load_config("smollm2-135m-instruct"), hidden_size=32,
-                               intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                               head_dim=8)
+  config = dataclasses.replace(
+    ps.io.load_config("smollm2-135m-instruct"),
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+  )
   return ps.Transformer(config, rngs=nnx.Rngs(0)), ps.io.load_tokenizer("smollm2-135m-instruct")
 
 
@@ -51,8 +57,13 @@ def test_resumed_run_equals_uninterrupted(tiny_model, tmp_path):
   assert "Generated code ran in the sandbox: contained" in open(part / "summary.md").read()
   record = json.loads(open(part / "results.jsonl").readline())
   assert set(record) >= {"id", "question", "gold", "branches", "methods"}
-  assert set(record["methods"]["pcw"]) >= {"output", "score", "ttft_s", "prompt_tokens",
-                                           "generated_tokens"}
+  assert set(record["methods"]["pcw"]) >= {
+    "output",
+    "score",
+    "ttft_s",
+    "prompt_tokens",
+    "generated_tokens",
+  }
 
 
 def test_refused_sandbox_stops_before_any_generation(monkeypatch, tmp_path):
@@ -66,6 +77,12 @@ def test_refused_sandbox_stops_before_any_generation(monkeypatch, tmp_path):
     raise AssertionError("generation started")
 
   with pytest.raises(RuntimeError, match="refused: containment unavailable"):
-    run_eval(None, None, load_eval_dataset("humaneval", limit=2), EvalConfig(),
-             str(tmp_path / "w"), workflow=workflow)
+    run_eval(
+      None,
+      None,
+      load_eval_dataset("humaneval", limit=2),
+      EvalConfig(),
+      str(tmp_path / "w"),
+      workflow=workflow,
+    )
   assert not (tmp_path / "w").exists()

@@ -48,7 +48,8 @@ def test_tiny_gguf_equals_safetensors(llama_gguf):
   # GGUF stores the epsilon as float32; everything else is the same config.
   assert from_gguf.config.rms_norm_eps == pytest.approx(model.config.rms_norm_eps, rel=1e-6)
   assert dataclasses.replace(from_gguf.config, rms_norm_eps=model.config.rms_norm_eps) == (
-      model.config)
+    model.config
+  )
   diff = helpers.valid_max_abs_diff(helpers.jit_forward(from_gguf)(tokens, lengths), ref, lengths)
   print(f"\n[gguf] tiny llama: logits max|gguf-safetensors| = {diff:.1e}")
   assert diff <= 1e-5
@@ -62,9 +63,9 @@ def test_writer_agrees_with_transformers_gguf_loader(llama_gguf):
   from transformers import AutoModelForCausalLM  # pylint: disable=import-outside-toplevel
 
   _, _, path, tokens, lengths, ref = llama_gguf
-  hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(path),
-                                            gguf_file=os.path.basename(path),
-                                            dtype=torch.float32).eval()
+  hf = AutoModelForCausalLM.from_pretrained(
+    os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+  ).eval()
   diff = helpers.valid_max_abs_diff(helpers.hf_logits(hf, tokens, lengths), ref, lengths)
   print(f"\n[gguf] transformers on our tiny GGUF vs ps_jax on safetensors: {diff:.1e}")
   assert diff <= 1e-4
@@ -80,7 +81,8 @@ def test_tied_gguf_and_tokenizer(tmp_path):
   assert model.config.vocab_size == helpers.VOCAB and model.config.eos_token_ids == (2,)
   text = "What is the capital of France?"
   assert gguf_tok.encode(text, add_special_tokens=False) == tokenizer.encode(
-      text, add_special_tokens=False)
+    text, add_special_tokens=False
+  )
   assert gguf_tok.eos_token_id == 2 and gguf_tok.chat_template == tokenizer.chat_template
   tokens, lengths = helpers.right_pad(PROMPTS, 16)
   ref = helpers.hf_logits(tiny_hf.hf, tokens, lengths)
@@ -111,6 +113,7 @@ def test_llama3_rope_freqs_not_silently_ignored(tiny, tmp_path):
 
 def test_unsupported_gguf_architecture_named(tmp_path):
   import gguf  # pylint: disable=import-outside-toplevel
+
   path = str(tmp_path / "qwen.gguf")
   w = gguf.GGUFWriter(path, "qwen2")
   w.add_tensor("token_embd.weight", np.zeros((4, 4), np.float32))
@@ -125,6 +128,7 @@ def test_unsupported_gguf_architecture_named(tmp_path):
 def test_gguf_missing_tensor_named(tiny, tmp_path):
   """A GGUF without one block tensor: the error names the GGUF tensor name."""
   import gguf  # pylint: disable=import-outside-toplevel
+
   tiny_hf, _ = tiny("llama")
   full = helpers.write_tiny_gguf(tiny_hf, tmp_path / "full.gguf")
   reader = gguf.GGUFReader(full)

@@ -52,12 +52,15 @@ def test_loaded_weights_are_the_saved_ones(tiny):
   sd = {k: v.detach().numpy() for k, v in tiny_hf.hf.state_dict().items()}
   np.testing.assert_array_equal(model.embed[...], sd["model.embed_tokens.weight"])
   np.testing.assert_array_equal(model.lm_head[...], sd["lm_head.weight"].T)
-  np.testing.assert_array_equal(model.blocks.attn.q.kernel[...][1],
-                                sd["model.layers.1.self_attn.q_proj.weight"].T)
-  np.testing.assert_array_equal(model.blocks.attn.k.bias[...][0],
-                                sd["model.layers.0.self_attn.k_proj.bias"])
-  np.testing.assert_array_equal(model.blocks.mlp_norm.scale[...][1],
-                                sd["model.layers.1.post_attention_layernorm.weight"])
+  np.testing.assert_array_equal(
+    model.blocks.attn.q.kernel[...][1], sd["model.layers.1.self_attn.q_proj.weight"].T
+  )
+  np.testing.assert_array_equal(
+    model.blocks.attn.k.bias[...][0], sd["model.layers.0.self_attn.k_proj.bias"]
+  )
+  np.testing.assert_array_equal(
+    model.blocks.mlp_norm.scale[...][1], sd["model.layers.1.post_attention_layernorm.weight"]
+  )
 
 
 def test_sharded_checkpoint_with_index(tmp_path, tiny):
@@ -67,21 +70,23 @@ def test_sharded_checkpoint_with_index(tmp_path, tiny):
   assert os.path.exists(tmp_path / "model.safetensors.index.json")
   assert len(list(tmp_path.glob("*.safetensors"))) > 1
   sharded, _ = ps_jax.load(tmp_path)
-  np.testing.assert_array_equal(sharded.blocks.mlp.down.kernel[...],
-                                model.blocks.mlp.down.kernel[...])
+  np.testing.assert_array_equal(
+    sharded.blocks.mlp.down.kernel[...], model.blocks.mlp.down.kernel[...]
+  )
   np.testing.assert_array_equal(sharded.lm_head[...], model.lm_head[...])
 
 
 def test_bf16_checkpoint_and_dtype(tmp_path, tiny):
   import torch  # pylint: disable=import-outside-toplevel
+
   tiny_hf, _ = tiny("qwen3")
   # A copy: the shared fp32 model must not be rounded through bf16.
-  copy.deepcopy(tiny_hf.hf).to(torch.bfloat16).save_pretrained(tmp_path,
-                                                               safe_serialization=True)
+  copy.deepcopy(tiny_hf.hf).to(torch.bfloat16).save_pretrained(tmp_path, safe_serialization=True)
   m32, _ = ps_jax.load(tmp_path)
   ref = tiny_hf.hf.model.layers[0].self_attn.q_norm.weight.detach()
-  np.testing.assert_array_equal(m32.blocks.attn.q_norm.scale[...][0],
-                                ref.to(torch.bfloat16).float().numpy())
+  np.testing.assert_array_equal(
+    m32.blocks.attn.q_norm.scale[...][0], ref.to(torch.bfloat16).float().numpy()
+  )
   m16, _ = ps_jax.load(tmp_path, dtype=jnp.bfloat16)
   assert m16.dtype == jnp.bfloat16 and m16.blocks.attn.q.kernel[...].dtype == jnp.bfloat16
 
@@ -108,6 +113,7 @@ def test_missing_lm_head_of_untied_model_named(copy_of):
 def test_wrong_shape_named_with_both_shapes(copy_of):
   def edit(t):
     t[K_PROJ] = np.zeros((24, 64), np.float32)  # expected [K*H, D] = [32, 64]
+
   _rewrite_tensors(copy_of, edit)
   with pytest.raises(ValueError, match=K_PROJ) as e:
     ps_jax.load(copy_of)
@@ -142,8 +148,10 @@ def test_folder_without_config_or_weights(tmp_path, copy_of):
 
 def test_unconsumed_tensor_raises(copy_of):
   """E.g. Llama with mlp_bias=True: the MLP biases exist but would be silently dropped."""
+
   def edit(t):
     t["model.layers.0.mlp.gate_proj.bias"] = np.ones((128,), np.float32)
+
   _rewrite_tensors(copy_of, edit)
   with pytest.raises(ValueError, match="model.layers.0.mlp.gate_proj.bias"):
     ps_jax.load(copy_of)

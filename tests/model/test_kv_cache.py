@@ -12,8 +12,16 @@ from ps_jax.model import ModelConfig
 
 
 def _config(layers=2, kv=2, head_dim=3):
-  return ModelConfig(family="llama", vocab_size=8, hidden_size=8, intermediate_size=8,
-                     num_layers=layers, num_heads=kv, num_kv_heads=kv, head_dim=head_dim)
+  return ModelConfig(
+    family="llama",
+    vocab_size=8,
+    hidden_size=8,
+    intermediate_size=8,
+    num_layers=layers,
+    num_heads=kv,
+    num_kv_heads=kv,
+    head_dim=head_dim,
+  )
 
 
 def test_init_shapes_and_empty_mask():
@@ -63,8 +71,9 @@ def test_chunked_prefill_equals_one_forward(model_and_full):
   outs, start = [], 0
   for size in (5, 4, 7):
     chunk_len = np.clip(lengths - start, 0, size).astype(np.int32)
-    logits, cache = call(jnp.asarray(tokens[:, start:start + size]), cache=cache,
-                         lengths=jnp.asarray(chunk_len))
+    logits, cache = call(
+      jnp.asarray(tokens[:, start : start + size]), cache=cache, lengths=jnp.asarray(chunk_len)
+    )
     outs.append(np.asarray(logits))
     start += size
   np.testing.assert_array_equal(cache.end_index, lengths)

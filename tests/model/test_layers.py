@@ -30,8 +30,12 @@ def test_linear_bias_and_lora_delta():
   b = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
   base = np.asarray(x @ lin.kernel[...]) + [1.0, 2.0, 3.0]
   np.testing.assert_allclose(np.asarray(lin(x)), base, rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(lin(x, {"a": a, "b": b}, 0.5)),
-                             base + 0.5 * np.asarray((x @ a) @ b), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(lin(x, {"a": a, "b": b}, 0.5)),
+    base + 0.5 * np.asarray((x @ a) @ b),
+    rtol=1e-5,
+    atol=1e-6,
+  )
 
 
 def _random_sources(seed, lengths=(3, 4, 2), b=2, k=2, h=8):
@@ -49,8 +53,10 @@ def test_attend_over_sources_equals_attend_over_concatenation():
   srcs = _random_sources(0)
   q = jnp.asarray(np.random.default_rng(1).normal(size=(2, 1, 4, 8)), jnp.float32)  # N=4, K=2
   split = attend(q, srcs)
-  cat = attend(q, [tuple(jnp.concatenate(parts, axis=-1 if i == 2 else 1)
-                         for i, parts in enumerate(zip(*srcs)))])
+  cat = attend(
+    q,
+    [tuple(jnp.concatenate(parts, axis=-1 if i == 2 else 1) for i, parts in enumerate(zip(*srcs)))],
+  )
   np.testing.assert_allclose(np.asarray(split), np.asarray(cat), rtol=1e-6, atol=1e-6)
 
 
@@ -78,8 +84,17 @@ def test_attend_all_masked_row_is_finite():
 
 
 def test_parameters_are_layer_stacked_with_logical_axes():
-  c = ModelConfig(family="qwen3", vocab_size=32, hidden_size=16, intermediate_size=24,
-                  num_layers=3, num_heads=4, num_kv_heads=2, head_dim=8, qk_norm=True)
+  c = ModelConfig(
+    family="qwen3",
+    vocab_size=32,
+    hidden_size=16,
+    intermediate_size=24,
+    num_layers=3,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    qk_norm=True,
+  )
   model = nnx.eval_shape(lambda: Transformer(c, rngs=nnx.Rngs(0)))
   flat = {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model))}
   q = flat["blocks/attn/q/kernel"]
@@ -94,9 +109,18 @@ def test_parameters_are_layer_stacked_with_logical_axes():
 
 
 def test_random_init_runs():
-  c = ModelConfig(family="qwen2", vocab_size=32, hidden_size=16, intermediate_size=24,
-                  num_layers=2, num_heads=4, num_kv_heads=2, head_dim=4, qkv_bias=True,
-                  tie_embeddings=True)
+  c = ModelConfig(
+    family="qwen2",
+    vocab_size=32,
+    hidden_size=16,
+    intermediate_size=24,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=4,
+    qkv_bias=True,
+    tie_embeddings=True,
+  )
   model = Transformer(c, rngs=nnx.Rngs(0))
   assert model.lm_head is None
   logits, cache = helpers.jit_model(model)(jnp.zeros((1, 3), jnp.int32))
@@ -106,4 +130,3 @@ def test_random_init_runs():
   assert bf16.dtype == jnp.bfloat16
   logits16, _ = helpers.jit_model(bf16)(jnp.zeros((1, 3), jnp.int32))
   assert logits16.dtype == jnp.float32  # logits stay fp32
-

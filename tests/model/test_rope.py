@@ -22,23 +22,38 @@ def _hf_inv_freq(hf_config) -> np.ndarray:
   if rope_type == "default":
     # The default init lives on the model's rotary embedding; build a 1-layer model to get it.
     from transformers import AutoModelForCausalLM  # pylint: disable=import-outside-toplevel
+
     hf_config.num_hidden_layers = 1
     return AutoModelForCausalLM.from_config(hf_config).model.rotary_emb.inv_freq.numpy()
   return ROPE_INIT_FUNCTIONS[rope_type](hf_config)[0].numpy()
 
 
-@pytest.mark.parametrize("family,overrides", [
+@pytest.mark.parametrize(
+  "family,overrides",
+  [
     ("llama", {}),
     ("llama3_tied", {}),
     ("qwen3", {}),  # head_dim 32 != hidden / heads
     ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 4.0}}),
     # Real Llama-3.2 numbers (head_dim 64, theta 5e5, factor 32, original context 8192).
-    ("llama3_tied", {"hidden_size": 256, "num_attention_heads": 4, "rope_theta": 500000.0,
-                     "rope_scaling": {"rope_type": "llama3", "factor": 32.0,
-                                      "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                      "original_max_position_embeddings": 8192},
-                     "max_position_embeddings": 131072}),
-])
+    (
+      "llama3_tied",
+      {
+        "hidden_size": 256,
+        "num_attention_heads": 4,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+          "rope_type": "llama3",
+          "factor": 32.0,
+          "low_freq_factor": 1.0,
+          "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 8192,
+        },
+        "max_position_embeddings": 131072,
+      },
+    ),
+  ],
+)
 def test_inverse_frequencies_equal_transformers(family, overrides):
   hf_config = helpers.tiny_hf_config(family, **overrides)
   ours = inverse_frequencies(ModelConfig.from_hf(hf_config.to_dict()))
@@ -63,6 +78,7 @@ def test_llama3_scaling_covers_all_three_bands():
 def _hf_rotate(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
   """transformers' apply_rotary_pos_emb on x [B, T, heads, H] (it wants [B, heads, T, H])."""
   from transformers.models.llama.modeling_llama import apply_rotary_pos_emb  # pylint: disable=import-outside-toplevel
+
   freqs = positions[..., None].astype(np.float32) * inv_freq  # [B, T, H/2]
   emb = np.concatenate([freqs, freqs], axis=-1)
   cos, sin = torch.as_tensor(np.cos(emb)), torch.as_tensor(np.sin(emb))
@@ -82,8 +98,7 @@ def test_apply_rope_matches_transformers():
   assert diff <= 1e-5
   # Position 0 is the identity; norms are preserved.
   np.testing.assert_allclose(ours[0, 0], x[0, 0], atol=1e-7)
-  np.testing.assert_allclose(np.linalg.norm(ours, axis=-1), np.linalg.norm(x, axis=-1),
-                             rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(ours, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-5)
 
 
 @hypothesis.settings(max_examples=20, deadline=None)
@@ -106,8 +121,9 @@ def test_scores_depend_only_on_relative_position():
   k = jnp.asarray(rng.normal(size=(1, 1, 1, c.head_dim)), jnp.float32)
 
   def score(pq, pk):
-    return float(jnp.sum(apply_rope(q, jnp.full((1, 1), pq), inv)
-                         * apply_rope(k, jnp.full((1, 1), pk), inv)))
+    return float(
+      jnp.sum(apply_rope(q, jnp.full((1, 1), pq), inv) * apply_rope(k, jnp.full((1, 1), pk), inv))
+    )
 
   assert math.isclose(score(10, 3), score(107, 100), abs_tol=1e-4)
   assert not math.isclose(score(10, 3), score(10, 4), abs_tol=1e-3)

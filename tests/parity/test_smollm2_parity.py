@@ -31,16 +31,31 @@ def _hf_generate(hf, ids, **kwargs):
   x = torch.as_tensor([ids])
   with torch.no_grad():
     kwargs.setdefault("max_new_tokens", N_NEW)
-    out = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
-                      temperature=None, top_p=None, top_k=None, **kwargs)
-  return [int(t) for t in out[0, len(ids):]]
+    out = hf.generate(
+      x,
+      attention_mask=torch.ones_like(x),
+      do_sample=False,
+      temperature=None,
+      top_p=None,
+      top_k=None,
+      **kwargs,
+    )
+  return [int(t) for t in out[0, len(ids) :]]
 
 
 def test_config_from_gguf(smollm2):
   model, tokenizer = smollm2
   c = model.config
-  assert (c.family, c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
-          c.vocab_size, c.tie_embeddings) == ("llama", 30, 576, 9, 3, 64, 49152, True)
+  assert (
+    c.family,
+    c.num_layers,
+    c.hidden_size,
+    c.num_heads,
+    c.num_kv_heads,
+    c.head_dim,
+    c.vocab_size,
+    c.tie_embeddings,
+  ) == ("llama", 30, 576, 9, 3, 64, 49152, True)
   assert tokenizer is not None and tokenizer.chat_template
 
 
@@ -56,8 +71,10 @@ def test_logits_match_transformers(smollm2, smollm2_hf, prompt_ids):
   with torch.no_grad():
     ref = smollm2_hf(torch.as_tensor([prompt_ids])).logits.float().numpy()
   diff = float(np.abs(ours - ref).max())
-  print(f"\n[smollm2] {len(prompt_ids)} prompt tokens: logits max|ours-hf| = {diff:.2e} "
-        f"(logit range {ref.min():.1f}..{ref.max():.1f})")
+  print(
+    f"\n[smollm2] {len(prompt_ids)} prompt tokens: logits max|ours-hf| = {diff:.2e} "
+    f"(logit range {ref.min():.1f}..{ref.max():.1f})"
+  )
   assert diff <= 1e-3
   np.testing.assert_array_equal(ours.argmax(-1), ref.argmax(-1))
 
@@ -83,8 +100,14 @@ def test_greedy_ignoring_eos(smollm2, smollm2_hf, prompt_ids):
   generates N_NEW to reuse the program compiled for the previous test.)
   """
   model, _ = smollm2
-  ref = _hf_generate(smollm2_hf, prompt_ids, eos_token_id=None, pad_token_id=0,
-                     min_new_tokens=N_REF, max_new_tokens=N_REF)
+  ref = _hf_generate(
+    smollm2_hf,
+    prompt_ids,
+    eos_token_id=None,
+    pad_token_id=0,
+    min_new_tokens=N_REF,
+    max_new_tokens=N_REF,
+  )
   assert len(ref) == N_REF
   stop = next(i for i in range(model.config.vocab_size) if i not in ref)
   res = generate_ids(model, [prompt_ids], max_new_tokens=N_NEW, stop_ids=[stop])

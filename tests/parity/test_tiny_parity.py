@@ -61,8 +61,9 @@ def test_cached_decode_matches_full_forward(family_setup):
   for t in range(WIDTH):
     active = (t < lengths).astype(np.int32)
     # Finished rows feed a pad token at a dummy position with length 0: cache untouched.
-    logits, cache = step(jnp.asarray(tokens[:, t:t + 1]), jnp.full((b, 1), t, jnp.int32),
-                         cache, jnp.asarray(active))
+    logits, cache = step(
+      jnp.asarray(tokens[:, t : t + 1]), jnp.full((b, 1), t, jnp.int32), cache, jnp.asarray(active)
+    )
     out[:, t] = np.asarray(logits[:, 0])
   np.testing.assert_array_equal(np.asarray(cache.end_index), lengths)
   d_full = helpers.valid_max_abs_diff(out, ours, lengths)
@@ -82,6 +83,7 @@ def test_greedy_generation_matches_transformers(family_setup):
   res = generate_ids(model, prompts, max_new_tokens=n_new, stop_ids=[stop])
   np.testing.assert_array_equal(res.num_tokens, [n_new, n_new])
   distinct = len(set(ref[0]) | set(ref[1]))
-  print(f"\n[{family}] greedy 2 x {n_new} tokens identical to transformers "
-        f"({distinct} distinct ids)")
+  print(
+    f"\n[{family}] greedy 2 x {n_new} tokens identical to transformers ({distinct} distinct ids)"
+  )
   assert res.tokens.tolist() == ref

@@ -11,8 +11,9 @@ from flax import nnx
 import ps_jax as ps
 
 
-def random_adapter(config, *, seed: int, rank: int = 4, scale: float = 0.15,
-                   mapper_out_scale: float = 1.0, **kwargs) -> ps.Adapter:
+def random_adapter(
+  config, *, seed: int, rank: int = 4, scale: float = 0.15, mapper_out_scale: float = 1.0, **kwargs
+) -> ps.Adapter:
   """`Adapter.create(config)` with every weight random and non-zero (LoRA B and the mapper's
   zero-initialised output layer included), so the adapter is far from the identity."""
   adapter = ps.Adapter.create(config, rank=rank, alpha=2.0 * rank, seed=seed, **kwargs)
@@ -33,8 +34,11 @@ def random_adapter(config, *, seed: int, rank: int = 4, scale: float = 0.15,
 
 
 def logits_np(model, branches, synth_tokens, method, adapter=None, lengths=None) -> np.ndarray:
-  return np.asarray(ps.synthesis_logits(model, branches, synth_tokens, method=method,
-                                        adapter=adapter, lengths=lengths))
+  return np.asarray(
+    ps.synthesis_logits(
+      model, branches, synth_tokens, method=method, adapter=adapter, lengths=lengths
+    )
+  )
 
 
 def max_diff(a, b) -> float:

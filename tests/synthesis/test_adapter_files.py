@@ -34,13 +34,22 @@ def setup(tiny, tmp_path_factory):
   ids = helpers.random_prompts([7, 12, 4, 5, 6, 4], seed=61)
   branches = ps.encode_branches(model, None, [ids[:3], ids[3:4]])
   tokens, lengths = helpers.right_pad(ids[4:])
-  return dict(tiny_hf=tiny_hf, model=model, adapter=adapter, root=root, ids=ids,
-              branches=branches, tokens=tokens, lengths=lengths)
+  return dict(
+    tiny_hf=tiny_hf,
+    model=model,
+    adapter=adapter,
+    root=root,
+    ids=ids,
+    branches=branches,
+    tokens=tokens,
+    lengths=lengths,
+  )
 
 
 def _logits(s, adapter, method="parallel_synthesis"):
-  return logits_np(s["model"], s["branches"], s["tokens"], method, adapter=adapter,
-                   lengths=s["lengths"])
+  return logits_np(
+    s["model"], s["branches"], s["tokens"], method, adapter=adapter, lengths=s["lengths"]
+  )
 
 
 def _pure(adapter):
@@ -71,8 +80,11 @@ def test_reference_folder_without_adapter_json_infers_the_shape(setup, tmp_path)
   loaded = ps.load_adapter(str(tmp_path))
   c = s["model"].config
   assert loaded.model_shape.as_dict() == {
-      "num_layers": c.num_layers, "hidden_size": c.hidden_size,
-      "q_size": c.num_heads * c.head_dim, "kv_size": c.num_kv_heads * c.head_dim}
+    "num_layers": c.num_layers,
+    "hidden_size": c.hidden_size,
+    "q_size": c.num_heads * c.head_dim,
+    "kv_size": c.num_kv_heads * c.head_dim,
+  }
   assert loaded.mapper.num_kv_heads is None  # shared over heads: broadcast in the forward
   jax.tree.map(np.testing.assert_array_equal, _pure(loaded), _pure(s["adapter"]))
   d = max_diff(_logits(s, loaded), _logits(s, s["adapter"]))
@@ -139,8 +151,9 @@ def test_peft_export_is_read_by_peft_and_torch_agrees(setup):
 
   s = setup
   folder = s["root"] / "peft"
-  peft_model = PeftModel.from_pretrained(copy.deepcopy(s["tiny_hf"].hf),
-                                         str(folder / "judger_lora")).eval()
+  peft_model = PeftModel.from_pretrained(
+    copy.deepcopy(s["tiny_hf"].hf), str(folder / "judger_lora")
+  ).eval()
   mapper = tr.RefMapper()
   mapper.load_state_dict(torch.load(folder / "cache_mapper.pt"))
   ours = _logits(s, s["adapter"])
@@ -150,6 +163,6 @@ def test_peft_export_is_read_by_peft_and_torch_agrees(setup):
     with peft_model.disable_adapter():
       kvs = tr.fixed_text_kv(peft_model, ex)
     ref = tr.synth_logits(peft_model, kvs, [len(x) for x in ex], synth, mapper=mapper)
-    d = max(d, max_diff(ours[b, :len(synth)], ref))
+    d = max(d, max_diff(ours[b, : len(synth)], ref))
   report("ps_jax-exported PEFT+mapper run by peft/torch vs ps_jax", d)
   assert d <= 1e-4

@@ -32,15 +32,24 @@ def setup(tiny):
   def run(examples, synth, method="parallel_synthesis", width=None, **buckets):
     branches = ps.encode_branches(model, None, examples, **buckets)
     tokens, lengths = helpers.right_pad(synth, width)
-    return branches, logits_np(model, branches, tokens, method, adapter=adapter,
-                               lengths=lengths)
+    return branches, logits_np(model, branches, tokens, method, adapter=adapter, lengths=lengths)
 
   alone_a = run([ex_a], [syn_a])[1]
   alone_b = run([ex_b], [syn_b])[1]
   batched_branches, batched = run([ex_a, ex_b], [syn_a, syn_b])
-  return dict(model=model, adapter=adapter, run=run, ex_a=ex_a, ex_b=ex_b, syn_a=syn_a,
-              syn_b=syn_b, alone_a=alone_a, alone_b=alone_b, batched=batched,
-              batched_branches=batched_branches)
+  return dict(
+    model=model,
+    adapter=adapter,
+    run=run,
+    ex_a=ex_a,
+    ex_b=ex_b,
+    syn_a=syn_a,
+    syn_b=syn_b,
+    alone_a=alone_a,
+    alone_b=alone_b,
+    batched=batched,
+    batched_branches=batched_branches,
+  )
 
 
 def test_batched_equals_alone(setup):
@@ -48,8 +57,9 @@ def test_batched_equals_alone(setup):
   caches = s["batched_branches"].caches
   assert caches.k.shape[2:4] == (4, 16)
   np.testing.assert_array_equal(np.asarray(caches.lengths), [[5, 0, 0, 0], [7, 2, 9, 0]])
-  d = max(max_diff(s["batched"][0, :4], s["alone_a"][0]),
-          max_diff(s["batched"][1, :6], s["alone_b"][0]))
+  d = max(
+    max_diff(s["batched"][0, :4], s["alone_a"][0]), max_diff(s["batched"][1, :6], s["alone_b"][0])
+  )
   report("batched (A: N=1, B: N=3) vs alone", d)
   assert d <= TOL
 
@@ -64,8 +74,13 @@ def test_batch_order_does_not_matter(setup):
 
 def test_larger_buckets_do_not_change_logits(setup):
   s = setup
-  branches, big = s["run"]([s["ex_a"], s["ex_b"]], [s["syn_a"], s["syn_b"]], width=11,
-                           branch_buckets=(8,), length_buckets=(64,))
+  branches, big = s["run"](
+    [s["ex_a"], s["ex_b"]],
+    [s["syn_a"], s["syn_b"]],
+    width=11,
+    branch_buckets=(8,),
+    length_buckets=(64,),
+  )
   assert branches.caches.k.shape[2:4] == (8, 64)
   d = max(max_diff(big[0, :4], s["alone_a"][0]), max_diff(big[1, :6], s["alone_b"][0]))
   report("R=8, S=64, T=11 buckets vs alone (R=1|4, S=16)", d)
@@ -84,8 +99,11 @@ def test_pcw_batched_equals_alone(setup):
 def _fill_padding(caches, value_k, value_v, positions):
   """Caches with every padding slot (absent branches included) overwritten."""
   mask = caches.mask()[None, ..., None, None]  # [1, B, R, S, 1, 1]
-  return caches.replace(k=jnp.where(mask, caches.k, value_k), v=jnp.where(mask, caches.v, value_v),
-                        positions=jnp.where(caches.mask(), caches.positions, positions))
+  return caches.replace(
+    k=jnp.where(mask, caches.k, value_k),
+    v=jnp.where(mask, caches.v, value_v),
+    positions=jnp.where(caches.mask(), caches.positions, positions),
+  )
 
 
 def test_padding_slots_are_never_read(setup):
@@ -94,8 +112,12 @@ def test_padding_slots_are_never_read(setup):
   caches = s["batched_branches"].caches
   rng = np.random.default_rng(0)
   garbage = lambda: jnp.asarray(1e3 * rng.standard_normal(caches.k.shape), jnp.float32)  # noqa: E731
-  junk = _fill_padding(caches, garbage(), garbage(),
-                       jnp.asarray(rng.integers(-5000, 5000, caches.positions.shape), jnp.int32))
+  junk = _fill_padding(
+    caches,
+    garbage(),
+    garbage(),
+    jnp.asarray(rng.integers(-5000, 5000, caches.positions.shape), jnp.int32),
+  )
   tokens, lengths = helpers.right_pad([s["syn_a"], s["syn_b"]])
   for method in ("parallel_synthesis", "pcw"):
     clean = logits_np(model, caches, tokens, method, adapter=adapter, lengths=lengths)

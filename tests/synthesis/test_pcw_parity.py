@@ -53,8 +53,9 @@ def test_single_branch_identity_adapter_equals_sequential_prefill(tiny):
   concat = np.array([branch + synth], np.int32)
   plain = helpers.jit_forward(model)(concat, np.array([concat.shape[1]], np.int32))[0, 9:]
   ident = ps.Adapter.create(model.config, rank=4, alpha=8.0, seed=3)
-  d_ident = max_diff(pcw, logits_np(model, branches, [synth], "parallel_synthesis",
-                                    adapter=ident)[0])
+  d_ident = max_diff(
+    pcw, logits_np(model, branches, [synth], "parallel_synthesis", adapter=ident)[0]
+  )
   d_none = max_diff(pcw, logits_np(model, branches, [synth], "parallel_synthesis")[0])
   d_plain = max_diff(pcw, plain)
   report("llama 1 branch pcw vs ps_jax plain forward", d_plain)
@@ -93,8 +94,10 @@ def test_reencoded_branches_match_transformers_at_shifted_positions(tiny, family
     np.testing.assert_array_equal(pos[r, :n], s + np.arange(n))
   ours = logits_np(model, branches, [synth], "pcw")[0]
 
-  kvs = [tr.slice_kv(tr.prefill_kv(tiny_hf.hf, ids, position_ids=np.arange(len(ids)) - s), s)
-         for ids, s in zip(full_ids, starts)]
+  kvs = [
+    tr.slice_kv(tr.prefill_kv(tiny_hf.hf, ids, position_ids=np.arange(len(ids)) - s), s)
+    for ids, s in zip(full_ids, starts)
+  ]
   ref = tr.synth_logits(tiny_hf.hf, kvs, kept, synth)
   # Without re-encoding (keys left at their original positions) the answer would differ.
   kvs_raw = [tr.slice_kv(tr.prefill_kv(tiny_hf.hf, ids), s) for ids, s in zip(full_ids, starts)]

@@ -25,16 +25,24 @@ from ps_jax.model import ModelConfig
 from ps_jax.model.rope import apply_rope, inverse_frequencies
 from synth_helpers import max_diff, report
 
-LLAMA31 = dict(hidden_size=512, rope_theta=500000.0, max_position_embeddings=131072,
-               rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                             "high_freq_factor": 4.0,
-                             "original_max_position_embeddings": 8192})
+LLAMA31 = dict(
+  hidden_size=512,
+  rope_theta=500000.0,
+  max_position_embeddings=131072,
+  rope_scaling={
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+  },
+)
 SMALL = 128  # below this many radians the fp32 angle spacing is <= 7.6e-6
 CONFIGS = {
-    "default_theta1e4": ("llama", {}),
-    "default_theta1e6_h32": ("qwen3", {}),
-    "llama3_tiny": ("llama3_tied", {}),
-    "llama3_llama31": ("llama3_tied", LLAMA31),
+  "default_theta1e4": ("llama", {}),
+  "default_theta1e6_h32": ("qwen3", {}),
+  "llama3_tiny": ("llama3_tied", {}),
+  "llama3_llama31": ("llama3_tied", LLAMA31),
 }
 
 
@@ -63,8 +71,9 @@ def test_inverse_frequencies_match_transformers(rope_config):
   report(f"{name} inv_freq relative diff vs transformers", rel)
   assert ours.shape == theirs.shape and rel <= 3e-7  # <= ~2 ulp
   if config.rope_scaling.kind == "llama3":  # scaling is really in effect
-    plain = inverse_frequencies(ModelConfig(**{**config.__dict__,
-                                               "rope_scaling": type(config.rope_scaling)()}))
+    plain = inverse_frequencies(
+      ModelConfig(**{**config.__dict__, "rope_scaling": type(config.rope_scaling)()})
+    )
     assert np.max(np.abs(plain - ours) / plain) > 0.5
 
 
@@ -81,9 +90,11 @@ def test_rotation_by_delta_equals_encoding_at_target(rope_config, start):
   d_hf = max_diff(at_p, tr.hf_rope(x, p, hf_config))
   tol_hf = max(2e-6, 2 * _fp32_tol(p.max(), inv, x))
   results = {}
-  for label, target in (("to_0", np.arange(t)),                      # worker re-encoding
-                        ("shuffled", rng.integers(0, 120, t)),        # arbitrary targets
-                        ("forward", p + 700)):                        # positive deltas
+  for label, target in (
+    ("to_0", np.arange(t)),  # worker re-encoding
+    ("shuffled", rng.integers(0, 120, t)),  # arbitrary targets
+    ("forward", p + 700),
+  ):  # positive deltas
     composed = _rope(at_p, target - p, inv)
     direct = _rope(x, target, inv)
     results[label] = max_diff(composed, direct)
@@ -104,14 +115,21 @@ def test_branch_caches_reencoded(rope_config, large):
   nl, b, r, s, kh, h = 2, 2, 4, 16, 2, config.head_dim
   rng = np.random.default_rng(1 + large)
   lengths = np.array([[16, 5, 11, 0], [3, 0, 0, 0]], np.int32)
-  offsets = (np.array([[0, 17, 90, 0], [64, 0, 0, 0]]) if not large
-             else np.array([[1000, 2047, 2980, 0], [1500, 0, 0, 0]]))
+  offsets = (
+    np.array([[0, 17, 90, 0], [64, 0, 0, 0]])
+    if not large
+    else np.array([[1000, 2047, 2980, 0], [1500, 0, 0, 0]])
+  )
   positions = (offsets[..., None] + np.arange(s)).astype(np.int32)  # [B, R, S]
   raw = rng.uniform(-1, 1, (nl, b, r, s, kh, h)).astype(np.float32)
   keys = _rope(raw, np.broadcast_to(positions, raw.shape[:4]), inv)
   values = rng.standard_normal(raw.shape).astype(np.float32)
-  caches = BranchCaches(k=jnp.asarray(keys), v=jnp.asarray(values),
-                        lengths=jnp.asarray(lengths), positions=jnp.asarray(positions))
+  caches = BranchCaches(
+    k=jnp.asarray(keys),
+    v=jnp.asarray(values),
+    lengths=jnp.asarray(lengths),
+    positions=jnp.asarray(positions),
+  )
   out = caches.reencoded(inv)
   want = _rope(raw, np.broadcast_to(np.arange(s), raw.shape[:4]), inv)
   valid = np.arange(s)[None, None, :] < lengths[..., None]  # [B, R, S]
@@ -122,5 +140,6 @@ def test_branch_caches_reencoded(rope_config, large):
   assert d <= tol
   np.testing.assert_array_equal(np.asarray(out.v), values)
   np.testing.assert_array_equal(np.asarray(out.lengths), lengths)
-  np.testing.assert_array_equal(np.asarray(out.positions),
-                                np.broadcast_to(np.arange(s), positions.shape))
+  np.testing.assert_array_equal(
+    np.asarray(out.positions), np.broadcast_to(np.arange(s), positions.shape)
+  )

@@ -30,8 +30,12 @@ RANKS = {"llama": 4, "qwen3": 16}
 METHODS = ("pcw", "mapper_only", "lora_only", "parallel_synthesis")
 # Every method compiles its own program: all four on llama, the full method on qwen3.
 FAMILY_METHODS = {"llama": METHODS, "qwen3": ("pcw", "parallel_synthesis")}
-USES = {"pcw": (False, False), "mapper_only": (True, False), "lora_only": (False, True),
-        "parallel_synthesis": (True, True)}
+USES = {
+  "pcw": (False, False),
+  "mapper_only": (True, False),
+  "lora_only": (False, True),
+  "parallel_synthesis": (True, True),
+}
 # Two examples with different N and branch lengths, batched; synth tokens right-padded.
 BRANCH_LENGTHS = [[5, 9, 3], [7, 4]]
 SYNTH_LENGTHS = [6, 4]
@@ -67,14 +71,15 @@ def _build(family, tiny, tmp_path_factory):
   ids = helpers.random_prompts(sum(BRANCH_LENGTHS, []) + SYNTH_LENGTHS, seed=41)
   examples, i = [], 0
   for ls in BRANCH_LENGTHS:
-    examples.append(ids[i:i + len(ls)])
+    examples.append(ids[i : i + len(ls)])
     i += len(ls)
   synth = ids[i:]
   branches = ps.encode_branches(model, None, examples)
   tokens, lengths = helpers.right_pad(synth)
   methods = FAMILY_METHODS[family]
-  ours = {m: logits_np(model, branches, tokens, m, adapter=adapter, lengths=lengths)
-          for m in methods}
+  ours = {
+    m: logits_np(model, branches, tokens, m, adapter=adapter, lengths=lengths) for m in methods
+  }
 
   with peft_model.disable_adapter():  # workers / branch encoding: adapter OFF
     kvs = [tr.fixed_text_kv(peft_model, ex) for ex in examples]
@@ -83,8 +88,13 @@ def _build(family, tiny, tmp_path_factory):
     use_mapper, use_lora = USES[m]
     rows = []
     for kv, ls, s in zip(kvs, BRANCH_LENGTHS, synth):
-      run = lambda: tr.synth_logits(peft_model, kv, ls, s,  # noqa: E731
-                                    mapper=mapper if use_mapper else None)
+      run = lambda: tr.synth_logits(
+        peft_model,
+        kv,
+        ls,
+        s,  # noqa: E731
+        mapper=mapper if use_mapper else None,
+      )
       if use_lora:
         rows.append(run())
       else:
@@ -94,8 +104,7 @@ def _build(family, tiny, tmp_path_factory):
   return family, model, adapter, ours, ref, lengths, (folder, branches, tokens)
 
 
-@pytest.mark.parametrize("family,method", [(f, m) for f, ms in FAMILY_METHODS.items()
-                                           for m in ms])
+@pytest.mark.parametrize("family,method", [(f, m) for f, ms in FAMILY_METHODS.items() for m in ms])
 def test_reference_adapter_logits_match_torch(reference, family, method):
   _, _, _, ours, ref, lengths, _ = reference(family)
   d = max(max_diff(ours[method][b, :n], ref[method][b]) for b, n in enumerate(lengths))
@@ -114,8 +123,10 @@ def test_adapter_parts_change_the_logits(reference, family):
     d_map = valid_rows_diff(ours["mapper_only"], ours["pcw"], lengths)
     d_lora = valid_rows_diff(ours["lora_only"], ours["pcw"], lengths)
     d_both = valid_rows_diff(ours["parallel_synthesis"], ours["lora_only"], lengths)
-    print(f"[{family}] |mapper_only-pcw|={d_map:.3f} |lora_only-pcw|={d_lora:.3f} "
-          f"|parallel_synthesis-lora_only|={d_both:.3f}")
+    print(
+      f"[{family}] |mapper_only-pcw|={d_map:.3f} |lora_only-pcw|={d_lora:.3f} "
+      f"|parallel_synthesis-lora_only|={d_both:.3f}"
+    )
     assert d_map > 1e-2 and d_lora > 1e-1 and d_both > 1e-2
 
 
@@ -136,8 +147,11 @@ def test_reference_folder_loads_without_a_config(reference, family):
   loaded = ps.load_adapter(str(folder))
   c = model.config
   assert loaded.model_shape.as_dict() == {
-      "num_layers": c.num_layers, "hidden_size": c.hidden_size,
-      "q_size": c.num_heads * c.head_dim, "kv_size": c.num_kv_heads * c.head_dim}
+    "num_layers": c.num_layers,
+    "hidden_size": c.hidden_size,
+    "q_size": c.num_heads * c.head_dim,
+    "kv_size": c.num_kv_heads * c.head_dim,
+  }
   assert loaded.lora.rank == adapter.lora.rank and loaded.lora.scale == adapter.lora.scale
   got = logits_np(model, branches, tokens, "parallel_synthesis", adapter=loaded, lengths=lengths)
   d = valid_rows_diff(got, ours["parallel_synthesis"], lengths)
@@ -151,13 +165,22 @@ MAPPER_LENGTHS = np.array([[5, 9, 3, 0], [7, 0, 0, 0], [1, 300, 0, 0]], np.int32
 NUM_LAYERS = 3
 
 
-@pytest.mark.parametrize("features,din", [("both", 3), ("length", 2), ("num_agents", 2),
-                                          ("none", 1)])
+@pytest.mark.parametrize(
+  "features,din", [("both", 3), ("length", 2), ("num_agents", 2), ("none", 1)]
+)
 def test_reference_mapper_coefficients_all_metadata_modes(tmp_path, features, din):
   """Loaded reference mapper == the torch reference formula, per branch and layer, for each
   metadata_features option (N counts only real branches; absent branches are irrelevant)."""
-  cfg = ps.ModelConfig(family="llama", vocab_size=16, hidden_size=8, intermediate_size=16,
-                       num_layers=NUM_LAYERS, num_heads=2, num_kv_heads=2, head_dim=4)
+  cfg = ps.ModelConfig(
+    family="llama",
+    vocab_size=16,
+    hidden_size=8,
+    intermediate_size=16,
+    num_layers=NUM_LAYERS,
+    num_heads=2,
+    num_kv_heads=2,
+    head_dim=4,
+  )
   ref = tr.random_ref_mapper(seed=7, metadata_features=features)
   tr.save_ref_mapper(ref, str(tmp_path))
   adapter = ps.load_adapter(str(tmp_path), cfg)
@@ -173,8 +196,9 @@ def test_reference_mapper_coefficients_all_metadata_modes(tmp_path, features, di
       if length == 0:
         continue
       for layer in range(NUM_LAYERS):
-        want = np.array([float(c) for c in ref.coefficients(int(length), n_real, layer,
-                                                            NUM_LAYERS)])
+        want = np.array(
+          [float(c) for c in ref.coefficients(int(length), n_real, layer, NUM_LAYERS)]
+        )
         d = max(d, max_diff(ours[layer, b, r], np.broadcast_to(want, (2, 4))))
   report(f"mapper coefficients ({features}) vs torch", d)
   assert d <= 1e-6

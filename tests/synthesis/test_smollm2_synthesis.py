@@ -16,9 +16,11 @@ from synth_helpers import logits_np, max_diff, report
 
 pytestmark = pytest.mark.slow
 
-BRANCHES = ["Paris is the capital and largest city of France.",
-            "The Eiffel Tower was completed in 1889.",
-            "France borders Belgium, Germany, Switzerland, Italy and Spain."]
+BRANCHES = [
+  "Paris is the capital and largest city of France.",
+  "The Eiffel Tower was completed in 1889.",
+  "France borders Belgium, Germany, Switzerland, Italy and Spain.",
+]
 SYNTH = "Question: which city is the capital of France? Answer:"
 # (mapper_only and lora_only are covered on the tiny models; each method compiles a program.)
 USES = {"pcw": (False, False), "parallel_synthesis": (True, True)}
@@ -46,8 +48,9 @@ def test_smollm2_reference_adapter_all_methods(smollm2, smollm2_hf, tmp_path):
       ref = tr.synth_logits(peft_model, kvs, lengths, synth, mapper=mapper if use_mapper else None)
     else:
       with peft_model.disable_adapter():
-        ref = tr.synth_logits(peft_model, kvs, lengths, synth,
-                              mapper=mapper if use_mapper else None)
+        ref = tr.synth_logits(
+          peft_model, kvs, lengths, synth, mapper=mapper if use_mapper else None
+        )
     d = max_diff(ours, ref)
     report(f"SmolLM2 {method} vs transformers/peft/torch", d)
     worst = max(worst, d)

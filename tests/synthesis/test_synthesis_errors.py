@@ -49,14 +49,20 @@ def test_empty_branch(llama):
 
 
 def test_branch_longer_than_largest_length_bucket(llama):
-  with pytest.raises(ValueError, match=r"branch length \(tokens\) is 20, above the largest "
-                                       r"configured bucket 16"):
+  with pytest.raises(
+    ValueError,
+    match=r"branch length \(tokens\) is 20, above the largest "
+    r"configured bucket 16",
+  ):
     ps.encode_branches(llama, None, [[[5] * 20]], length_buckets=(8, 16))
 
 
 def test_more_branches_than_largest_branch_bucket(llama):
-  with pytest.raises(ValueError, match=r"example 0 has 3 branches, above the configured maximum "
-                                       r"2 \(branch_buckets\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"example 0 has 3 branches, above the configured maximum "
+    r"2 \(branch_buckets\)",
+  ):
     ps.encode_branches(llama, None, [[[5], [6], [7]]], branch_buckets=(1, 2))
   with pytest.raises(ValueError, match="example 0 has 9 branches, above the configured maximum 8"):
     ps.run_workers(llama, None, ["q"], num_branches=9)
@@ -90,39 +96,54 @@ def test_unknown_method(llama, llama_branches):
 _TOKENIZER = object()  # never used: the argument checks come before any text work
 
 
-@pytest.mark.parametrize("kwargs,match", [
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
     (dict(num_branches=0), r"num_branches=0 is outside the allowed range: an integer >= 1"),
     (dict(num_branches=-2), r"num_branches=-2 is outside the allowed range: an integer >= 1"),
     (dict(max_new_tokens=0), r"max_new_tokens=0 is outside the allowed range: an integer >= 1"),
-    (dict(temperature=-0.1), r"temperature=-0\.1 is outside the allowed range: a finite number "
-                             r">= 0"),
+    (
+      dict(temperature=-0.1),
+      r"temperature=-0\.1 is outside the allowed range: a finite number "
+      r">= 0",
+    ),
     (dict(top_p=0.0), r"top_p=0\.0 is outside the allowed range \(0, 1\]"),
     (dict(top_p=1.01), r"top_p=1\.01 is outside the allowed range \(0, 1\]"),
-])
+  ],
+)
 def test_run_workers_bad_arguments(llama, kwargs, match):
   with pytest.raises(ValueError, match=match):
     ps.run_workers(llama, _TOKENIZER, ["q"], **kwargs)
 
 
 def test_run_workers_needs_a_tokenizer(llama):
-  with pytest.raises(ValueError, match=r"run_workers: tokenizer=None, but the worker prompts "
-                                       r"are text"):
+  with pytest.raises(
+    ValueError,
+    match=r"run_workers: tokenizer=None, but the worker prompts "
+    r"are text",
+  ):
     ps.run_workers(llama, None, ["q"], num_branches=2, max_new_tokens=2)
 
 
 @pytest.mark.parametrize("method", ["text", "pcw"])
 def test_synthesize_bad_arguments(llama, llama_branches, method):
   branches, _ = llama_branches
-  with pytest.raises(ValueError, match=r"max_new_tokens=0 is outside the allowed range: an "
-                                       r"integer >= 1"):
+  with pytest.raises(
+    ValueError,
+    match=r"max_new_tokens=0 is outside the allowed range: an "
+    r"integer >= 1",
+  ):
     ps.synthesize(llama, _TOKENIZER, branches, ["q"], method=method, max_new_tokens=0)
   with pytest.raises(ValueError, match=r"synthesize: tokenizer=None, but the questions are text"):
     ps.synthesize(llama, None, branches, ["q"], method=method, max_new_tokens=2)
 
 
 def test_encode_branches_needs_a_tokenizer_only_for_text(llama):
-  with pytest.raises(ValueError, match=r"encode_branches: tokenizer=None, but example 0 branch 1 "
-                                       r"is text"):
+  with pytest.raises(
+    ValueError,
+    match=r"encode_branches: tokenizer=None, but example 0 branch 1 "
+    r"is text",
+  ):
     ps.encode_branches(llama, None, [[[5, 6], "some text"]])
   assert ps.encode_branches(llama, None, [[[5, 6]]]).texts == [[""]]  # ids need no tokenizer
   with pytest.raises(ValueError, match=r"keep_last=0 is outside the allowed range"):
@@ -146,8 +167,9 @@ def test_saved_adapter_for_a_different_model(llama, tmp_path, fmt):
   qwen3 = _config("qwen3")
   ps.save_adapter(ps.Adapter.create(qwen3, rank=4, alpha=8.0), str(tmp_path), format=fmt)
   recorded, given = (re.escape(str(ModelShape.of(c))) for c in (qwen3, llama.config))
-  with pytest.raises(ValueError, match=f"adapter was made for a model with {recorded}, but this "
-                                       f"model has {given}"):
+  with pytest.raises(
+    ValueError, match=f"adapter was made for a model with {recorded}, but this model has {given}"
+  ):
     ps.load_adapter(str(tmp_path), llama.config)
   assert ps.load_adapter(str(tmp_path)).model_shape == ModelShape.of(qwen3)  # no config needed
 
@@ -169,15 +191,19 @@ def peft_dirs(tiny, tmp_path_factory):
   for family in ("qwen3", "llama3_tied", "llama"):
     folder = tmp_path_factory.mktemp(f"peft_{family}")
     tr.random_peft_model(tiny(family)[0].hf, rank=4, seed=1).save_pretrained(
-        str(folder / "judger_lora"))
+      str(folder / "judger_lora")
+    )
     out[family] = folder
   return out
 
 
 def test_reference_lora_with_wrong_shapes(llama, peft_dirs):
   # qwen3's q_proj is 64 -> 128 (head_dim 32); the llama model's is 64 -> 64.
-  with pytest.raises(ValueError, match=r"q_proj.lora_B.weight' has shape \(128, 4\), "
-                                       r"expected \(64, 4\) for this model"):
+  with pytest.raises(
+    ValueError,
+    match=r"q_proj.lora_B.weight' has shape \(128, 4\), "
+    r"expected \(64, 4\) for this model",
+  ):
     ps.load_adapter(str(peft_dirs["qwen3"]), llama.config)
 
 
@@ -196,20 +222,31 @@ def test_inferred_reference_lora_for_a_different_model(llama, llama_branches, pe
   """Without a config the shape comes from the LoRA tensors (no head split); a model whose
   widths differ is refused, naming both shapes."""
   adapter = ps.load_adapter(str(peft_dirs["qwen3"]))
-  assert adapter.model_shape.as_dict() == {"num_layers": 2, "hidden_size": 64, "q_size": 128,
-                                           "kv_size": 64}
+  assert adapter.model_shape.as_dict() == {
+    "num_layers": 2,
+    "hidden_size": 64,
+    "q_size": 128,
+    "kv_size": 64,
+  }
   branches, synth = llama_branches
-  with pytest.raises(ValueError, match=re.escape(
+  with pytest.raises(
+    ValueError,
+    match=re.escape(
       f"adapter was made for a model with {adapter.model_shape}, but this model has "
-      f"{ModelShape.of(llama.config)}")):
+      f"{ModelShape.of(llama.config)}"
+    ),
+  ):
     ps.synthesis_logits(llama, branches, synth, method="lora_only", adapter=adapter)
 
 
 def test_reference_lora_with_other_target_modules(tiny, tmp_path, llama):
   from peft import LoraConfig, get_peft_model  # pylint: disable=import-outside-toplevel
   import copy  # pylint: disable=import-outside-toplevel
-  pm = get_peft_model(copy.deepcopy(tiny("llama")[0].hf),
-                      LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+
+  pm = get_peft_model(
+    copy.deepcopy(tiny("llama")[0].hf),
+    LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+  )
   pm.save_pretrained(str(tmp_path / "judger_lora"))
   with pytest.raises(ValueError, match="target_modules"):
     ps.load_adapter(str(tmp_path), llama.config)
@@ -220,7 +257,8 @@ def test_reference_mapper_with_wrong_shapes(llama, tmp_path):
   mapper = tr.random_ref_mapper(seed=2, metadata_features="length")
   tr.save_ref_mapper(mapper, str(tmp_path), config=False)
   (tmp_path / "cache_mapper_config.json").write_text(
-      '{"hidden_dim": 32, "metadata_features": "both"}')
+    '{"hidden_dim": 32, "metadata_features": "both"}'
+  )
   with pytest.raises(ValueError, match=r"'net.0.weight' has shape \(32, 2\), expected \(32, 3\)"):
     ps.load_adapter(str(tmp_path), llama.config)
 
@@ -234,23 +272,29 @@ def test_unknown_metadata_features(llama, tmp_path):
 
 def test_peft_export_with_a_part_missing(llama, tmp_path):
   """Our export records its parts: a lost cache_mapper.pt is an error, not an identity map."""
-  ps.save_adapter(ps.Adapter.create(llama.config, rank=4, alpha=8.0), str(tmp_path),
-                  format="peft")
+  ps.save_adapter(ps.Adapter.create(llama.config, rank=4, alpha=8.0), str(tmp_path), format="peft")
   (tmp_path / "cache_mapper.pt").unlink()
-  with pytest.raises(FileNotFoundError, match="adapter.json records a mapper but "
-                                              "cache_mapper.pt is missing"):
+  with pytest.raises(
+    FileNotFoundError, match="adapter.json records a mapper but cache_mapper.pt is missing"
+  ):
     ps.load_adapter(str(tmp_path))
   with pytest.raises(ValueError, match="per-head mapper .* format='orbax'"):
-    ps.save_adapter(ps.Adapter.create(llama.config, per_head_mapper=True),
-                    str(tmp_path / "per_head"), format="peft")
+    ps.save_adapter(
+      ps.Adapter.create(llama.config, per_head_mapper=True),
+      str(tmp_path / "per_head"),
+      format="peft",
+    )
   assert not (tmp_path / "per_head").exists()
 
 
 def test_reference_mapper_alone_needs_the_config(llama, tmp_path):
   """A bare cache_mapper.pt does not say the layer count (its layer feature needs it)."""
   tr.save_ref_mapper(tr.random_ref_mapper(seed=2), str(tmp_path))
-  with pytest.raises(ValueError, match=r"does not say how many layers .* pass the model's "
-                                       r"config: load_adapter\(path, model.config\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"does not say how many layers .* pass the model's "
+    r"config: load_adapter\(path, model.config\)",
+  ):
     ps.load_adapter(str(tmp_path))
   assert ps.load_adapter(str(tmp_path), llama.config).mapper.num_layers == 2
 

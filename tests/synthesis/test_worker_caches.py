@@ -46,8 +46,18 @@ def model_pair(tiny):
 
 
 def _workers(model, tok, prompts, rng, num_branches=3):
-  return ps.run_workers(model, tok, prompts, num_branches=num_branches, max_new_tokens=MAX_NEW,
-                        rng=rng, temperature=1.0, top_p=0.95, templates=TEMPLATES, **BUCKETS)
+  return ps.run_workers(
+    model,
+    tok,
+    prompts,
+    num_branches=num_branches,
+    max_new_tokens=MAX_NEW,
+    rng=rng,
+    temperature=1.0,
+    top_p=0.95,
+    templates=TEMPLATES,
+    **BUCKETS,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +71,9 @@ def shared(model_pair, tok):
 
 
 def _prompt_ids(tok, question: str) -> list[int]:
-  ids = tok.apply_chat_template([{"role": "user", "content": question}],
-                                add_generation_prompt=True, tokenize=True)
+  ids = tok.apply_chat_template(
+    [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
+  )
   ids = ids["input_ids"] if hasattr(ids, "keys") else ids
   assert max(ids) < helpers.VOCAB
   return [int(t) for t in ids]
@@ -93,8 +104,9 @@ def _check_against_transformers(tiny_hf, model, tok, prompts, branches, label):
       np.testing.assert_array_equal(pos[b, r, :n], p + np.arange(n))
       full = prompt + gen
       ref = tr.slice_kv(tr.prefill_kv(tiny_hf.hf, full), p)
-      ref_re = tr.slice_kv(tr.prefill_kv(tiny_hf.hf, full, position_ids=np.arange(len(full)) - p),
-                           p)
+      ref_re = tr.slice_kv(
+        tr.prefill_kv(tiny_hf.hf, full, position_ids=np.arange(len(full)) - p), p
+      )
       for layer, ((rk, rv), (rk_re, _)) in enumerate(zip(ref, ref_re)):
         ours_k = k[layer, b, r, :n].transpose(1, 0, 2)  # -> [K, T, H]
         ours_v = v[layer, b, r, :n].transpose(1, 0, 2)
@@ -140,8 +152,10 @@ def test_reencoded_worker_caches_vs_encode_branches(model_pair, per_branch):
   mask = np.asarray(re.mask())
   s = min(re.num_slots, fixed.num_slots)
   m = mask[..., :s]
-  d0 = max(max_diff(np.asarray(re.k)[0, :, :, :s][m], np.asarray(fixed.k)[0, :, :, :s][m]),
-           max_diff(np.asarray(re.v)[0, :, :, :s][m], np.asarray(fixed.v)[0, :, :, :s][m]))
+  d0 = max(
+    max_diff(np.asarray(re.k)[0, :, :, :s][m], np.asarray(fixed.k)[0, :, :, :s][m]),
+    max_diff(np.asarray(re.v)[0, :, :, :s][m], np.asarray(fixed.v)[0, :, :, :s][m]),
+  )
   d_deep = max_diff(np.asarray(re.k)[1:, :, :, :s][:, m], np.asarray(fixed.k)[1:, :, :, :s][:, m])
   report("re-encoded worker layer-0 K/V vs encode_branches of the same tokens", d0)
   print(f"\n(deeper layers differ by {d_deep:.3f}: worker tokens saw their prompt)")
@@ -159,8 +173,9 @@ def test_fixed_rng_is_deterministic(model_pair, tok, shared):
   again = _workers(model, tok, SHARED, jax.random.key(1))
   assert again.token_ids == shared.token_ids and again.texts == shared.texts
   for name in ("k", "v", "lengths", "positions"):
-    np.testing.assert_array_equal(np.asarray(getattr(again.caches, name)),
-                                  np.asarray(getattr(shared.caches, name)))
+    np.testing.assert_array_equal(
+      np.asarray(getattr(again.caches, name)), np.asarray(getattr(shared.caches, name))
+    )
   other = _workers(model, tok, SHARED, jax.random.key(2))
   assert other.token_ids != shared.token_ids
 
@@ -180,25 +195,37 @@ def test_synthesize_equals_greedy_over_synthesis_logits(model_pair, tok, per_bra
   _, model = model_pair
   adapter = random_adapter(model.config, seed=12)
   questions = ["So what is it?", "And the answer?"]
-  result = ps.synthesize(model, tok, per_branch, questions, method="parallel_synthesis",
-                         adapter=adapter, max_new_tokens=SYNTH_NEW, templates=SYNTH_TEMPLATES,
-                         length_buckets=(16, 32, 64))
+  result = ps.synthesize(
+    model,
+    tok,
+    per_branch,
+    questions,
+    method="parallel_synthesis",
+    adapter=adapter,
+    max_new_tokens=SYNTH_NEW,
+    templates=SYNTH_TEMPLATES,
+    length_buckets=(16, 32, 64),
+  )
   prompts = [_prompt_ids(tok, q) for q in questions]
   seqs = [list(p) for p in prompts]
   done = [False, False]
   width = max(len(p) for p in prompts) + SYNTH_NEW
   for _ in range(SYNTH_NEW):
     tokens, lengths = helpers.right_pad(seqs, width)
-    logits = np.asarray(ps.synthesis_logits(model, per_branch, tokens, "parallel_synthesis",
-                                            adapter=adapter, lengths=lengths))
+    logits = np.asarray(
+      ps.synthesis_logits(
+        model, per_branch, tokens, "parallel_synthesis", adapter=adapter, lengths=lengths
+      )
+    )
     for b, seq in enumerate(seqs):
       if not done[b]:
         seq.append(int(np.argmax(logits[b, len(seq) - 1])))
         done[b] = seq[-1] == tok.eos_token_id
-  gens = [s[len(p):] for s, p in zip(seqs, prompts)]
+  gens = [s[len(p) :] for s, p in zip(seqs, prompts)]
   np.testing.assert_array_equal(result.prompt_tokens, [len(p) for p in prompts])
   np.testing.assert_array_equal(result.generated_tokens, [len(g) for g in gens])
-  want = [tok.decode([t for t in g if t != tok.eos_token_id], skip_special_tokens=True)
-          for g in gens]
+  want = [
+    tok.decode([t for t in g if t != tok.eos_token_id], skip_special_tokens=True) for g in gens
+  ]
   assert result.texts == want
   assert result.ttft_s > 0

@@ -83,8 +83,9 @@ def logits_over_cache(model, cache, tokens: Sequence[int], start: int) -> np.nda
   past = cache.get_seq_length()
   pos = torch.arange(start, start + len(tokens), dtype=torch.long)[None]
   mask = torch.ones((1, past + len(tokens)), dtype=torch.long)
-  out = model(input_ids=x, position_ids=pos, attention_mask=mask, use_cache=True,
-              **{_cache_arg(model): cache})
+  out = model(
+    input_ids=x, position_ids=pos, attention_mask=mask, use_cache=True, **{_cache_arg(model): cache}
+  )
   return out.logits[0].float().numpy()
 
 
@@ -93,8 +94,13 @@ def fixed_text_kv(model, branch_ids: Sequence[Sequence[int]]) -> list[LayerKV]:
   return [prefill_kv(model, ids) for ids in branch_ids]
 
 
-def synth_logits(model, kvs: Sequence[LayerKV], lengths: Sequence[int], synth: Sequence[int],
-                 mapper: "RefMapper | None" = None) -> np.ndarray:
+def synth_logits(
+  model,
+  kvs: Sequence[LayerKV],
+  lengths: Sequence[int],
+  synth: Sequence[int],
+  mapper: "RefMapper | None" = None,
+) -> np.ndarray:
   """The reference cache-synthesis forward of one example over re-encoded branch KV `kvs`.
 
   Optionally maps each branch per layer with `mapper` (features from the branch length and the
@@ -112,6 +118,7 @@ def synth_logits(model, kvs: Sequence[LayerKV], lengths: Sequence[int], synth: S
 def hf_rotary(hf_config):
   """transformers' own rotary embedding module for a config (its inv_freq incl. scaling)."""
   from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding  # pylint: disable=import-outside-toplevel
+
   return LlamaRotaryEmbedding(hf_config)
 
 
@@ -119,6 +126,7 @@ def hf_rotary(hf_config):
 def hf_rope(x: np.ndarray, positions: np.ndarray, hf_config) -> np.ndarray:
   """x [T, heads, H] rotated to positions [T] by transformers' RoPE (rotate-half layout)."""
   from transformers.models.llama.modeling_llama import apply_rotary_pos_emb  # pylint: disable=import-outside-toplevel
+
   rot = hf_rotary(hf_config)
   xt = torch.tensor(np.asarray(x, np.float32)).transpose(0, 1)[None]  # [1, heads, T, H]
   pos = torch.tensor(np.asarray(positions, np.int64))[None]
@@ -144,8 +152,9 @@ class RefMapper(nn.Module):
   def __init__(self, hidden_dim: int = 32, metadata_features: str = "both"):
     super().__init__()
     self.metadata_features = metadata_features
-    self.net = nn.Sequential(nn.Linear(_DIN[metadata_features], hidden_dim), nn.SiLU(),
-                             nn.Linear(hidden_dim, 4))
+    self.net = nn.Sequential(
+      nn.Linear(_DIN[metadata_features], hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, 4)
+    )
 
   def features(self, length: int, num_agents: int, layer: int, num_layers: int) -> torch.Tensor:
     f = []
@@ -171,8 +180,9 @@ class RefMapper(nn.Module):
     return out
 
 
-def random_ref_mapper(seed: int, metadata_features: str = "both", hidden_dim: int = 32,
-                      out_scale: float = 1.0) -> RefMapper:
+def random_ref_mapper(
+  seed: int, metadata_features: str = "both", hidden_dim: int = 32, out_scale: float = 1.0
+) -> RefMapper:
   """A RefMapper with random, non-zero weights everywhere (the output layer included)."""
   gen = torch.Generator().manual_seed(seed)
   m = RefMapper(hidden_dim, metadata_features)
@@ -186,12 +196,14 @@ def random_ref_mapper(seed: int, metadata_features: str = "both", hidden_dim: in
 def save_ref_mapper(mapper: RefMapper, folder: str, *, config: bool = True) -> None:
   """cache_mapper.pt (a torch state dict) + cache_mapper_config.json, as the reference writes."""
   os.makedirs(folder, exist_ok=True)
-  torch.save({k: v.clone() for k, v in mapper.state_dict().items()},
-             os.path.join(folder, "cache_mapper.pt"))
+  torch.save(
+    {k: v.clone() for k, v in mapper.state_dict().items()}, os.path.join(folder, "cache_mapper.pt")
+  )
   if config:
     with open(os.path.join(folder, "cache_mapper_config.json"), "w") as f:
-      json.dump({"hidden_dim": mapper.net[0].out_features,
-                 "metadata_features": mapper.metadata_features}, f)
+      json.dump(
+        {"hidden_dim": mapper.net[0].out_features, "metadata_features": mapper.metadata_features}, f
+      )
 
 
 # ------------------------------------------------------------------- PEFT LoRA
@@ -203,8 +215,14 @@ def random_peft_model(hf, *, rank: int, seed: int, scale: float = 0.15):
   from peft import LoraConfig, get_peft_model  # pylint: disable=import-outside-toplevel
 
   base = copy.deepcopy(hf)
-  cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, bias="none",
-                   target_modules=list(PEFT_TARGETS), task_type="CAUSAL_LM")
+  cfg = LoraConfig(
+    r=rank,
+    lora_alpha=2 * rank,
+    lora_dropout=0.0,
+    bias="none",
+    target_modules=list(PEFT_TARGETS),
+    task_type="CAUSAL_LM",
+  )
   peft_model = get_peft_model(base, cfg)
   gen = torch.Generator().manual_seed(seed)
   n = 0

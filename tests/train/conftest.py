@@ -32,9 +32,14 @@ def cache_dir(tmp_path_factory):
   from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=import-outside-toplevel
 
   path = str(tmp_path_factory.mktemp("jax_cache"))
-  old = {k: getattr(jax.config, k) for k in (
-      "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-      "jax_persistent_cache_min_entry_size_bytes")}
+  old = {
+    k: getattr(jax.config, k)
+    for k in (
+      "jax_compilation_cache_dir",
+      "jax_persistent_cache_min_compile_time_secs",
+      "jax_persistent_cache_min_entry_size_bytes",
+    )
+  }
   cc.reset_cache()  # the cache is initialised once; re-initialise it with our folder
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -49,15 +54,23 @@ def cache_dir(tmp_path_factory):
 def subprocess_env(cache_dir):
   """Environment of a CLI subprocess: 1 CPU device, the session's compilation cache."""
   env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
+  flags = [
+    f
+    for f in env.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform_device_count")
+  ]
   env["XLA_FLAGS"] = " ".join(flags)
-  env.update(JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
-             JAX_COMPILATION_CACHE_DIR=cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-             PYTHONPATH=os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(
-                 os.pathsep) if p]))
+  env.update(
+    JAX_PLATFORMS="cpu",
+    TOKENIZERS_PARALLELISM="false",
+    PYTHONUNBUFFERED="1",
+    JAX_COMPILATION_CACHE_DIR=cache_dir,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    PYTHONPATH=os.pathsep.join(
+      [ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    ),
+  )
   return env
 
 
@@ -67,9 +80,15 @@ def run_train_cli(subprocess_env):
   fails the test with the tail of the output if the run fails."""
 
   def run(workdir, num_steps, *extra, timeout=420, check=True):
-    proc = subprocess.run(cli_command(workdir, num_steps, *extra), cwd=ROOT,
-                          env=subprocess_env, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    proc = subprocess.run(
+      cli_command(workdir, num_steps, *extra),
+      cwd=ROOT,
+      env=subprocess_env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      check=False,
+    )
     if check and proc.returncode != 0:
       pytest.fail(f"launch.train exited with {proc.returncode}:\n{proc.stderr[-4000:]}")
     return proc
@@ -90,6 +109,7 @@ def reference_run(tmp_path_factory, run_train_cli):
 @pytest.fixture(scope="session")
 def tokenizer():
   import ps_jax  # pylint: disable=import-outside-toplevel
+
   return ps_jax.io.load_tokenizer(SMOLLM2)
 
 
@@ -99,5 +119,6 @@ def tiny_model():
   from flax import nnx  # pylint: disable=import-outside-toplevel
 
   import ps_jax  # pylint: disable=import-outside-toplevel
+
   config = dataclasses.replace(ps_jax.io.load_config(SMOLLM2), **TINY_SHAPE)
   return ps_jax.Transformer(config, rngs=nnx.Rngs(0))

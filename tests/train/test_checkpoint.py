@@ -29,6 +29,7 @@ def _remove(rel):
   def fn(p):
     path = os.path.join(p, rel)
     shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
   fn.__name__ = f"remove {rel}"
   return fn
 
@@ -72,10 +73,12 @@ def _delay_sibling_opens(monkeypatch, dirs) -> list[str]:
   return opened
 
 
-@pytest.mark.parametrize("damage", [_remove("state/d"), _remove("state/manifest.ocdbt")],
-                         ids=lambda f: f.__name__)
-def test_failed_restore_leaves_no_work_running(tmp_path, damage, created_loops, caplog,
-                                               monkeypatch):
+@pytest.mark.parametrize(
+  "damage", [_remove("state/d"), _remove("state/manifest.ocdbt")], ids=lambda f: f.__name__
+)
+def test_failed_restore_leaves_no_work_running(
+  tmp_path, damage, created_loops, caplog, monkeypatch
+):
   tree = {f"w{i}": jnp.full((4 + i,), i, jnp.float32) for i in range(4)}
   ckpt = Checkpointer(str(tmp_path), every_steps=1)
   for step in (1, 2, 3):

@@ -35,11 +35,22 @@ def test_two_processes_train_like_one(tmp_path, reference_run, subprocess_env, r
   try:
     for i in range(2):
       with open(logs[i], "w") as log:
-        procs.append(subprocess.Popen(
-            cli_command(workdir, STEPS, "--config.mesh.fsdp=-1",
-                        f"--coordinator_address=localhost:{port}",
-                        "--num_processes=2", f"--process_id={i}"),
-            cwd=ROOT, env=subprocess_env, stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+          subprocess.Popen(
+            cli_command(
+              workdir,
+              STEPS,
+              "--config.mesh.fsdp=-1",
+              f"--coordinator_address=localhost:{port}",
+              "--num_processes=2",
+              f"--process_id={i}",
+            ),
+            cwd=ROOT,
+            env=subprocess_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+          )
+        )
     deadline = time.monotonic() + 480
     while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
       if any(p.returncode not in (None, 0) for p in procs):
@@ -67,8 +78,10 @@ def test_two_processes_train_like_one(tmp_path, reference_run, subprocess_env, r
   state = workdir / "checkpoints" / str(STEPS) / "state"
   assert (state / "ocdbt.process_0").is_dir() and (state / "ocdbt.process_1").is_dir()
   assert (workdir / "checkpoints" / str(STEPS) / "commit_success.txt").exists()
-  print(f"\n2 processes vs 1: |loss diff| per step {diffs}; "
-        f"grad_norm {[r['grad_norm'] for r in records]} vs {[q['grad_norm'] for q in ref[:2]]}")
+  print(
+    f"\n2 processes vs 1: |loss diff| per step {diffs}; "
+    f"grad_norm {[r['grad_norm'] for r in records]} vs {[q['grad_norm'] for q in ref[:2]]}"
+  )
 
   # The 2-process checkpoint is complete: one process resumes from it (another mesh) and
   # continues like the reference run.

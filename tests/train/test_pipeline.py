@@ -21,8 +21,9 @@ KEYS = ("branch_tokens", "branch_lengths", "synth_tokens", "synth_lengths", "los
 
 @pytest.fixture(scope="module")
 def rows():
-  return (synthetic.generate("find_fact", "train", 7, 0, (2, 4))
-          + synthetic.generate("majority_vote", "train", 6, 0, (3, 4)))
+  return synthetic.generate("find_fact", "train", 7, 0, (2, 4)) + synthetic.generate(
+    "majority_vote", "train", 6, 0, (3, 4)
+  )
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +52,16 @@ def test_order_is_deterministic_by_seed_and_each_epoch_is_a_permutation(examples
   again = _batches(iter(make_dataset(examples, CFG)), n)
   _assert_same(first, again)
   order = np.concatenate([b["row"] for b in first])
-  other = np.concatenate([b["row"] for b in _batches(
-      iter(make_dataset(examples, PipelineConfig(**{**CFG.__dict__, "seed": 1}))), n)])
+  other = np.concatenate(
+    [
+      b["row"]
+      for b in _batches(
+        iter(make_dataset(examples, PipelineConfig(**{**CFG.__dict__, "seed": 1}))), n
+      )
+    ]
+  )
   assert not np.array_equal(order, other), "a different seed must give a different order"
-  epochs = [order[13 * e:13 * (e + 1)] for e in range(3)]
+  epochs = [order[13 * e : 13 * (e + 1)] for e in range(3)]
   for epoch in epochs:  # every row exactly once per epoch (batches straddle epochs)
     assert sorted(epoch) == list(range(13))
   assert not np.array_equal(epochs[0], epochs[1]), "each epoch is reshuffled"
@@ -87,8 +94,10 @@ def test_loss_mask_selects_exactly_the_answer_and_end_of_turn(rows, tokenizer):
     # The training sequence is what the chat template gives for the assistant's turn, cut
     # after its end-of-turn token.
     chat = tokenizer.apply_chat_template(
-        templates.latent_synthesizer_messages(row.query)
-        + [{"role": "assistant", "content": row.answer.strip()}], tokenize=True)
+      templates.latent_synthesizer_messages(row.query)
+      + [{"role": "assistant", "content": row.answer.strip()}],
+      tokenize=True,
+    )
     chat = list(chat["input_ids"] if hasattr(chat, "keys") else chat)
     assert list(synth[:n]) == chat[:n] and chat[n - 1] == eot
     assert np.all(synth[n:] == 0)
@@ -98,7 +107,7 @@ def test_loss_mask_selects_exactly_the_answer_and_end_of_turn(rows, tokenizer):
     assert list(targets) == answer + [eot], row
     assert mask.sum() == len(answer) + 1 and mask[-1] == 0
     first = int(np.argmax(mask))
-    assert first == n - len(answer) - 2 and np.all(mask[first:n - 1] == 1)
+    assert first == n - len(answer) - 2 and np.all(mask[first : n - 1] == 1)
     if "target_start" in ex:  # the loss window [target_start, target_start + A) of step.py
       assert int(ex["target_start"]) == first
       assert mask.sum() <= CFG.target_tokens
@@ -106,17 +115,18 @@ def test_loss_mask_selects_exactly_the_answer_and_end_of_turn(rows, tokenizer):
     for r, ctx in enumerate(row.contexts):
       ids = tokenizer.encode(ctx, add_special_tokens=False)
       assert ex["branch_lengths"][r] == len(ids)
-      assert list(ex["branch_tokens"][r, :len(ids)]) == ids
-    assert np.all(ex["branch_lengths"][len(row.contexts):] == 0)
+      assert list(ex["branch_tokens"][r, : len(ids)]) == ids
+    assert np.all(ex["branch_lengths"][len(row.contexts) :] == 0)
 
 
 @pytest.mark.parametrize("process_count", [2, 4])
 def test_process_slices_concatenate_to_the_one_process_batch(examples, process_count):
   n = 7
   whole = _batches(iter(make_dataset(examples, CFG)), n)
-  parts = [_batches(iter(make_dataset(examples, CFG, process_index=i,
-                                      process_count=process_count)), n)
-           for i in range(process_count)]
+  parts = [
+    _batches(iter(make_dataset(examples, CFG, process_index=i, process_count=process_count)), n)
+    for i in range(process_count)
+  ]
   for step in range(n):
     for k in whole[step]:
       local = [p[step][k] for p in parts]

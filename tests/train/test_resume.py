@@ -56,14 +56,20 @@ def _resumed_from(stderr: str) -> int:
   return int(m[0])
 
 
-def test_kill_9_mid_training_then_rerun_matches_uninterrupted(tmp_path, reference_run,
-                                                              subprocess_env, run_train_cli):
+def test_kill_9_mid_training_then_rerun_matches_uninterrupted(
+  tmp_path, reference_run, subprocess_env, run_train_cli
+):
   _, ref = reference_run
   workdir = tmp_path / "w"
   metrics = workdir / "metrics.jsonl"
   with open(tmp_path / "killed.log", "w") as log:
-    proc = subprocess.Popen(cli_command(workdir, REF_STEPS), cwd=ROOT, env=subprocess_env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+      cli_command(workdir, REF_STEPS),
+      cwd=ROOT,
+      env=subprocess_env,
+      stdout=log,
+      stderr=subprocess.STDOUT,
+    )
     try:
       deadline = time.monotonic() + 420
       while True:  # step 5's record is written after the (synchronous) save of step 4
@@ -71,8 +77,10 @@ def test_kill_9_mid_training_then_rerun_matches_uninterrupted(tmp_path, referenc
         if records and records[-1]["step"] >= 5:
           break
         if proc.poll() is not None or time.monotonic() > deadline:
-          pytest.fail(f"run ended ({proc.returncode}) or timed out before step 5:\n"
-                      + open(tmp_path / "killed.log").read()[-3000:])
+          pytest.fail(
+            f"run ended ({proc.returncode}) or timed out before step 5:\n"
+            + open(tmp_path / "killed.log").read()[-3000:]
+          )
         time.sleep(0.005)
       os.kill(proc.pid, signal.SIGKILL)
     finally:
@@ -92,8 +100,10 @@ def test_kill_9_mid_training_then_rerun_matches_uninterrupted(tmp_path, referenc
   assert [r["step"] for r in records] == list(range(1, REF_STEPS + 1))  # one record per step
   _assert_equal_to_reference(records, ref, range(1, REF_STEPS + 1))
   assert _steps(workdir) == [4, 6, 8]
-  print(f"\nkilled after step {killed_after}; resumed from {resumed}; steps "
-        f"{resumed + 1}..{REF_STEPS} equal the uninterrupted run exactly (loss, grad_norm)")
+  print(
+    f"\nkilled after step {killed_after}; resumed from {resumed}; steps "
+    f"{resumed + 1}..{REF_STEPS} equal the uninterrupted run exactly (loss, grad_norm)"
+  )
 
 
 def _corrupt_latest(workdir) -> None:
@@ -110,8 +120,7 @@ def _corrupt_latest(workdir) -> None:
   os.remove(os.path.join(tmp, "commit_success.txt"))
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, reference_run,
-                                                          run_train_cli):
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, reference_run, run_train_cli):
   """Resume to step 7: the corrupt step 8 is skipped with a warning, step 6 is restored."""
   ref_dir, ref = reference_run
   workdir = tmp_path / "w"
@@ -161,8 +170,9 @@ def abstract_state():
   adapter = Adapter.create(config, **dataclasses.asdict(cfg.adapter))
   state = init_state(adapter, make_optimizer(cfg.optimizer))
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),
-                      abstract_like(state))
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), abstract_like(state)
+  )
 
 
 def _truncate_data(p):
@@ -189,17 +199,30 @@ def _remove(rel):
   def fn(p):
     path = os.path.join(p, rel)
     shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
   fn.__name__ = f"remove {rel}"
   return fn
 
 
-@pytest.mark.parametrize("damage", [
-    _truncate_data, _flip_data, _garbage_iterator_state, _remove("state/d"),
-    _remove("state/manifest.ocdbt"), _remove("state/_METADATA"), _remove("state"),
-    _remove("data")], ids=lambda f: f.__name__)
-def test_unreadable_checkpoint_is_skipped_with_a_warning(tmp_path, reference_run,
-                                                         abstract_state, damage, caplog):
+@pytest.mark.parametrize(
+  "damage",
+  [
+    _truncate_data,
+    _flip_data,
+    _garbage_iterator_state,
+    _remove("state/d"),
+    _remove("state/manifest.ocdbt"),
+    _remove("state/_METADATA"),
+    _remove("state"),
+    _remove("data"),
+  ],
+  ids=lambda f: f.__name__,
+)
+def test_unreadable_checkpoint_is_skipped_with_a_warning(
+  tmp_path, reference_run, abstract_state, damage, caplog
+):
   from ps_jax.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+
   ref_dir, _ = reference_run
   ckpts = tmp_path / "checkpoints"
   shutil.copytree(os.path.join(ref_dir, "checkpoints"), ckpts)
@@ -214,15 +237,19 @@ def test_unreadable_checkpoint_is_skipped_with_a_warning(tmp_path, reference_run
   assert len(warnings) == 1 and "checkpoint at step 8 " in warnings[0], warnings
 
 
-@pytest.mark.parametrize("harmless", [
-    "tmp_leftover", _remove("_CHECKPOINT_METADATA"), _remove("commit_success.txt")],
-                         ids=lambda f: f if isinstance(f, str) else f.__name__)
-def test_harmless_leftovers_still_restore_the_latest(tmp_path, reference_run, abstract_state,
-                                                     harmless):
+@pytest.mark.parametrize(
+  "harmless",
+  ["tmp_leftover", _remove("_CHECKPOINT_METADATA"), _remove("commit_success.txt")],
+  ids=lambda f: f if isinstance(f, str) else f.__name__,
+)
+def test_harmless_leftovers_still_restore_the_latest(
+  tmp_path, reference_run, abstract_state, harmless
+):
   """A half-written save (`*.orbax-checkpoint-tmp-*`) is ignored; metadata-only losses of an
   otherwise complete checkpoint do not discard it. The restored arrays are the saved ones."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   from ps_jax.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+
   ref_dir, _ = reference_run
   ckpts = tmp_path / "checkpoints"
   shutil.copytree(os.path.join(ref_dir, "checkpoints"), ckpts)
@@ -239,6 +266,7 @@ def test_harmless_leftovers_still_restore_the_latest(tmp_path, reference_run, ab
   ckpt.close()
   assert step == 8
   pristine = ocp.StandardCheckpointer().restore(
-      os.path.join(ref_dir, "checkpoints", "8", "state"), abstract_state)
+    os.path.join(ref_dir, "checkpoints", "8", "state"), abstract_state
+  )
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(pristine)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

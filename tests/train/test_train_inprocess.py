@@ -31,39 +31,42 @@ from train_helpers import read_metrics
 
 STEPS = 4
 CFG = TrainConfig(
-    num_steps=STEPS, checkpoint_every=2, max_checkpoints=10,
-    pipeline=PipelineConfig(batch_size=4, max_branches=4, branch_tokens=32, synth_tokens=96,
-                            seed=0),
-    optimizer=OptimizerConfig(learning_rate=1e-3),
-    adapter=AdapterConfig(rank=4, alpha=8.0),
-    mesh=MeshConfig(data=1, fsdp=1, tensor=1))
+  num_steps=STEPS,
+  checkpoint_every=2,
+  max_checkpoints=10,
+  pipeline=PipelineConfig(batch_size=4, max_branches=4, branch_tokens=32, synth_tokens=96, seed=0),
+  optimizer=OptimizerConfig(learning_rate=1e-3),
+  adapter=AdapterConfig(rank=4, alpha=8.0),
+  mesh=MeshConfig(data=1, fsdp=1, tensor=1),
+)
 
 # Row objects that bypass parse_row (what a processor bug or a hand-built list can produce),
 # and the reason each is counted under.
 MALFORMED = [
-    (Row("Who?", "Ann", ()), "contexts:empty"),
-    (Row("Who?", "Ann", ("Ann was there.", 7)), "contexts:wrong_type"),  # non-string context
-    (Row("Who?", "Ann", "Ann was there."), "contexts:wrong_type"),  # one string, not a list
-    (Row("Who?", None, ("Ann was there.",)), "answer:wrong_type"),  # missing answer (None)
-    (Row("", "Ann", ("Ann was there.",)), "query:empty"),
-    (Row("Who?", "Ann", ("Ann was there.", "  ")), "contexts:empty_item"),
-    (Row("Who?", "Ann", ("Ann was there. " * 40,)), "contexts:too_long"),  # > branch_tokens
-    (Row("Who?", "Ann", tuple(f"Fact {i}." for i in range(5))), "contexts:too_many"),
-    (Row("Who?", "Ann " * 60, ("Ann was there.",)), "answer:too_long"),
+  (Row("Who?", "Ann", ()), "contexts:empty"),
+  (Row("Who?", "Ann", ("Ann was there.", 7)), "contexts:wrong_type"),  # non-string context
+  (Row("Who?", "Ann", "Ann was there."), "contexts:wrong_type"),  # one string, not a list
+  (Row("Who?", None, ("Ann was there.",)), "answer:wrong_type"),  # missing answer (None)
+  (Row("", "Ann", ("Ann was there.",)), "query:empty"),
+  (Row("Who?", "Ann", ("Ann was there.", "  ")), "contexts:empty_item"),
+  (Row("Who?", "Ann", ("Ann was there. " * 40,)), "contexts:too_long"),  # > branch_tokens
+  (Row("Who?", "Ann", tuple(f"Fact {i}." for i in range(5))), "contexts:too_many"),
+  (Row("Who?", "Ann " * 60, ("Ann was there.",)), "answer:too_long"),
 ]
 # Raw dict rows (a JSONL file): parse_row / iter_valid_rows skip these before train() sees them.
 DICT_ROWS = [
-    {"query": "Who?", "contexts": ["Ann was there."]},  # no answer field
-    {"question": "Who?", "gold": "Ann", "agent_reference_contexts": "Ann was there."},
-    "not an object",
-    {"query": "Who was there?", "answer": "Ann", "contexts": ["Ann was there.", "Bo left."]},
+  {"query": "Who?", "contexts": ["Ann was there."]},  # no answer field
+  {"question": "Who?", "gold": "Ann", "agent_reference_contexts": "Ann was there."},
+  "not an object",
+  {"query": "Who was there?", "answer": "Ann", "contexts": ["Ann was there.", "Bo left."]},
 ]
 DICT_REASONS = {"answer:missing": 1, "contexts:wrong_type": 1, "row:wrong_type": 1}
 
 
 def _rows():
-  good = (synthetic.generate("find_fact", "train", 10, 0, (2, 4))
-          + synthetic.generate("majority_vote", "train", 10, 0, (3, 4)))
+  good = synthetic.generate("find_fact", "train", 10, 0, (2, 4)) + synthetic.generate(
+    "majority_vote", "train", 10, 0, (3, 4)
+  )
   rows = []
   for i, row in enumerate(good):  # malformed rows interleaved with the good ones
     rows.append(row)
@@ -77,8 +80,7 @@ def _rows():
 
 def _one_device_mesh(monkeypatch):
   """train() builds its mesh from all jax.devices(); restrict it to the first device."""
-  monkeypatch.setattr(loop_lib, "make_mesh",
-                      lambda config: make_mesh(config, jax.devices()[:1]))
+  monkeypatch.setattr(loop_lib, "make_mesh", lambda config: make_mesh(config, jax.devices()[:1]))
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +97,7 @@ def one_device_run(tmp_path_factory, tiny_model, tokenizer, rows, cache_dir):
   with pytest.MonkeyPatch.context() as mp:
     _one_device_mesh(mp)
     try:  # the row_stats argument is the fix proposed for test 3b; use it once it exists
-      result = train(tiny_model, tokenizer, train_rows, [], CFG, workdir,
-                     row_stats=dict_stats)
+      result = train(tiny_model, tokenizer, train_rows, [], CFG, workdir, row_stats=dict_stats)
       supported = True
     except TypeError as e:
       if "row_stats" not in str(e):
@@ -119,7 +120,7 @@ def test_malformed_rows_are_skipped_and_counted_in_every_record(one_device_run):
   assert result.last_step == STEPS and result.history == records
   for r in records:
     assert math.isfinite(r["loss"]) and r["target_tokens"] > 0
-    counts = {k[len("skipped/"):]: v for k, v in r.items() if k.startswith("skipped/")}
+    counts = {k[len("skipped/") :]: v for k, v in r.items() if k.startswith("skipped/")}
     for reason, n in expected.items():
       assert counts.get(reason) == n, (reason, counts)
 
@@ -161,8 +162,9 @@ def _latest_trainable(workdir, model):
   state = jax.device_put(init_state(adapter, make_optimizer(CFG.optimizer)), jax.devices()[0])
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1)
   step = ckpt.manager.latest_step()
-  restored = ckpt.manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_like(state))))["state"]
+  restored = ckpt.manager.restore(
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_like(state)))
+  )["state"]
   ckpt.close()
   return step, [np.asarray(x) for x in jax.tree.leaves(restored.trainable)]
 
@@ -171,7 +173,8 @@ INF_LR = dataclasses.replace(CFG, optimizer=OptimizerConfig(learning_rate=float(
 
 
 def test_nonfinite_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(
-    one_device_run, tiny_model, tokenizer, rows, tmp_path, monkeypatch):
+  one_device_run, tiny_model, tokenizer, rows, tmp_path, monkeypatch
+):
   """Resume from step 2 with lr=inf: the step-3 update makes the parameters NaN, a later loss
   is NaN; the run stops naming that step, checkpoint 2 stays the latest and a resume with
   the good learning rate redoes steps 3-4 with the reference losses."""
@@ -200,8 +203,9 @@ def test_nonfinite_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(
   print(f"\nlr=inf: NonFiniteLossError at step {bad}: {message}")
 
 
-def test_nonfinite_update_is_never_checkpointed(one_device_run, tiny_model, tokenizer, rows,
-                                                tmp_path, monkeypatch):
+def test_nonfinite_update_is_never_checkpointed(
+  one_device_run, tiny_model, tokenizer, rows, tmp_path, monkeypatch
+):
   ref_dir, _, _ = one_device_run
   _one_device_mesh(monkeypatch)
   workdir = _from_step_2(ref_dir, tmp_path / "w")
@@ -215,8 +219,9 @@ def test_nonfinite_update_is_never_checkpointed(one_device_run, tiny_model, toke
 # --- 5. sharded == 1 device -------------------------------------------------------------------
 
 
-def test_sharded_step_on_8_devices_equals_one_device(one_device_run, tiny_model, tokenizer,
-                                                     rows, tmp_path, monkeypatch):
+def test_sharded_step_on_8_devices_equals_one_device(
+  one_device_run, tiny_model, tokenizer, rows, tmp_path, monkeypatch
+):
   _, ref, _ = one_device_run
   meshes = []
 
