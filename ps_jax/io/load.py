@@ -7,6 +7,7 @@ import os
 import jax.numpy as jnp
 
 from ps_jax.io.gguf_import import config_from_gguf, load_gguf
+from ps_jax.io.gguf_tokenizer import tokenizer_from_gguf
 from ps_jax.io.hf import load_hf_folder
 from ps_jax.io.registry import EMBEDDED, embedded_path
 from ps_jax.model import ModelConfig, Transformer
@@ -15,16 +16,19 @@ from ps_jax.model import ModelConfig, Transformer
 def load(source: str, dtype=jnp.float32) -> tuple[Transformer, object | None]:
   """Loads (model, tokenizer) from a local HF folder, a .gguf file or an embedded name.
 
-  The tokenizer is a transformers tokenizer, or None where the source has none.
+  The tokenizer is a transformers tokenizer, or None where the source has none; a GGUF's is
+  built from its metadata (ps_jax.io.gguf_tokenizer), so loading needs no torch.
   """
   source = _resolve(source)
   if source.endswith(".gguf"):
     return load_gguf(source, dtype=dtype), _gguf_tokenizer(source)
   if os.path.isdir(source):
     return load_hf_folder(source, dtype=dtype), _folder_tokenizer(source)
-  raise ValueError(f"cannot load {source!r}: expected a local transformers folder "
-                   f"(config.json + *.safetensors), a .gguf file, or an embedded name "
-                   f"{sorted(EMBEDDED)}")
+  raise ValueError(
+    f"cannot load {source!r}: expected a local transformers folder "
+    f"(config.json + *.safetensors), a .gguf file, or an embedded name "
+    f"{sorted(EMBEDDED)}"
+  )
 
 
 def load_tokenizer(source: str):
@@ -38,6 +42,7 @@ def load_config(source: str) -> ModelConfig:
   path = _resolve(source)
   if path.endswith(".gguf"):
     import gguf  # pylint: disable=import-outside-toplevel
+
     return config_from_gguf(gguf.GGUFReader(path))
   return ModelConfig.from_hf_file(os.path.join(path, "config.json"))
 
@@ -48,16 +53,16 @@ def _resolve(source: str) -> str:
 
 
 def _folder_tokenizer(folder: str):
-  if not any(os.path.exists(os.path.join(folder, f))
-             for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+  if not any(
+    os.path.exists(os.path.join(folder, f))
+    for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+  ):
     return None
   from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
+
   return AutoTokenizer.from_pretrained(folder)
 
 
 def _gguf_tokenizer(path: str):
-  import gguf  # pylint: disable=import-outside-toplevel
-  from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
-  if "tokenizer.ggml.model" not in gguf.GGUFReader(path).fields:
-    return None
-  return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+  # Built from the file's metadata: transformers' own GGUF reader would import torch.
+  return tokenizer_from_gguf(path)
