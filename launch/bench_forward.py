@@ -51,6 +51,7 @@ def load_torch_model(source: str, dtype: str):
   """The transformers model for a ps.load source (embedded name, .gguf file or folder)."""
   import torch  # pylint: disable=import-outside-toplevel
   from transformers import AutoModelForCausalLM  # pylint: disable=import-outside-toplevel
+
   from ps_jax.io.registry import EMBEDDED, embedded_path  # pylint: disable=import-outside-toplevel
 
   path = embedded_path(source) if source in EMBEDDED else source

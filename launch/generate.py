@@ -26,6 +26,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # pylint: disable=import-outside-toplevel
+
   import ps_jax as ps  # pylint: disable=import-outside-toplevel
   from configs import common  # pylint: disable=import-outside-toplevel
   from ps_jax import generation  # pylint: disable=import-outside-toplevel

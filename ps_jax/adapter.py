@@ -14,7 +14,8 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,7 @@ class ModelShape:
   kv_size: int  # num_kv_heads * head_dim
 
   @classmethod
-  def of(cls, config: ModelConfig) -> "ModelShape":
+  def of(cls, config: ModelConfig) -> ModelShape:
     return cls(
       num_layers=config.num_layers,
       hidden_size=config.hidden_size,
@@ -59,7 +60,7 @@ class ModelShape:
     )
 
   @classmethod
-  def from_dict(cls, d: Any, where: str) -> "ModelShape":
+  def from_dict(cls, d: Any, where: str) -> ModelShape:
     """From `as_dict` (or the older 5-field record without q_size/kv_size)."""
     names = [f.name for f in dataclasses.fields(cls)]
     if (
@@ -94,7 +95,7 @@ class ModelShape:
       del d["q_size"], d["kv_size"]
     return str(d)
 
-  def differs_from(self, other: "ModelShape") -> bool:
+  def differs_from(self, other: ModelShape) -> bool:
     a, b = self.as_dict(), other.as_dict()
     return any(a[k] != b[k] for k in a.keys() & b.keys())
 
@@ -116,14 +117,14 @@ class LoRA(nnx.Module):
   ):
     self.rank, self.alpha = rank, alpha
     shape = _shape(config)
-    l = shape.num_layers
+    num_layers = shape.num_layers
     self.a, self.b = nnx.Dict(), nnx.Dict()
     for name, (din, dout) in _projection_dims(shape).items():
       bound = din**-0.5  # kaiming-uniform(a=sqrt(5)) as PEFT initialises lora_A
       self.a[name] = nnx.LoRAParam(
-        jax.random.uniform(rngs.params(), (l, din, rank), jnp.float32, -bound, bound)
+        jax.random.uniform(rngs.params(), (num_layers, din, rank), jnp.float32, -bound, bound)
       )  # [L, in, r]
-      self.b[name] = nnx.LoRAParam(jnp.zeros((l, rank, dout), jnp.float32))  # [L, r, out]
+      self.b[name] = nnx.LoRAParam(jnp.zeros((num_layers, rank, dout), jnp.float32))  # [L, r, out]
 
   @property
   def scale(self) -> float:
@@ -161,7 +162,7 @@ class Adapter(nnx.Module):
     metadata_features: str = "both",
     per_head_mapper: bool = False,
     seed: int = 0,
-  ) -> "Adapter":
+  ) -> Adapter:
     rngs = nnx.Rngs(seed)
     shape = _shape(config)
     return cls(

@@ -1,8 +1,8 @@
-"""Static-shape buckets: sizes are padded up so varying workloads compile a bounded set of programs."""
+"""Static-shape buckets: sizes padded up so varying workloads compile a bounded set of programs."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 # Default length buckets: powers of two from 16 (prompt and branch lengths).
 DEFAULT_LENGTH_BUCKETS = tuple(2**i for i in range(4, 16))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -323,7 +323,7 @@ def stop_ids_for(model: Transformer, tokenizer) -> list[int]:
 
 def decode_texts(tokenizer, result: GenerationResult, stop_ids: Sequence[int]) -> list[str]:
   texts = []
-  for row, n in zip(result.tokens, result.num_tokens):
+  for row, n in zip(result.tokens, result.num_tokens, strict=True):
     ids = [int(x) for x in row[:n] if int(x) not in stop_ids]
     texts.append(tokenizer.decode(ids, skip_special_tokens=True))
   return texts

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 from flax import nnx
@@ -68,7 +68,7 @@ def logical_to_spec(
   table = dict(rules)
   used: set[str] = set()
   spec = []
-  for name, dim in zip(names, shape):
+  for name, dim in zip(names, shape, strict=True):
     target = table.get(name) if name is not None else None
     axes = (target,) if isinstance(target, str) else tuple(target or ())
     kept = []

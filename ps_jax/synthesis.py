@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -219,7 +219,10 @@ def synthesize(
     length_buckets=length_buckets,
   )
   if method == "text":
-    prompts = [templates.text_synthesizer_messages(q, t) for q, t in zip(questions, branches.texts)]
+    prompts = [
+      templates.text_synthesizer_messages(q, t)
+      for q, t in zip(questions, branches.texts, strict=True)
+    ]
     ids = encode_prompts(tokenizer, prompts)
     result = generate_ids(model, ids, **common)
     ttft = result.prefill_s

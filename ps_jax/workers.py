@@ -8,7 +8,7 @@ keys were computed at; the synthesizer re-encodes them.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -90,10 +90,13 @@ def run_workers(
   )
   kept = result.num_tokens.copy()
   ends_with_stop = np.array(
-    [n > 0 and int(row[n - 1]) in stops for row, n in zip(result.tokens, result.num_tokens)]
+    [
+      n > 0 and int(row[n - 1]) in stops
+      for row, n in zip(result.tokens, result.num_tokens, strict=True)
+    ]
   )
   kept[ends_with_stop] -= 1
-  token_ids = [[int(t) for t in row[:n]] for row, n in zip(result.tokens, kept)]
+  token_ids = [[int(t) for t in row[:n]] for row, n in zip(result.tokens, kept, strict=True)]
   texts = [tokenizer.decode(t, skip_special_tokens=True) for t in token_ids]
   # Generated token j of a row sits in cache slot prompt_length + j, at that position.
   return _assemble(
@@ -157,7 +160,7 @@ def encode_branches(
   if keep_last is not None:
     starts = np.maximum(lengths - keep_last, 0)
   kept = lengths - starts
-  token_ids = [r[st:] for r, st in zip(rows, starts)]
+  token_ids = [r[st:] for r, st in zip(rows, starts, strict=True)]
   texts = (
     [tokenizer.decode(t, skip_special_tokens=True) for t in token_ids]
     if tokenizer is not None

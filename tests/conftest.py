@@ -31,7 +31,8 @@ if "jax" in sys.modules:  # pragma: no cover - only when a plugin imported jax f
 
   warnings.warn(
     "jax was imported before tests/conftest.py set XLA_FLAGS; the fake 8-device "
-    "CPU mesh may be unavailable"
+    "CPU mesh may be unavailable",
+    stacklevel=1,
   )
 
 import jax  # noqa: E402  pylint: disable=wrong-import-position

@@ -37,7 +37,8 @@ import contextlib
 import dataclasses
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -138,6 +139,7 @@ def tiny_hf_model(family: str, path: str | os.PathLike, *, seed: int = 0, **over
 def load_tiny(tiny: TinyHF, dtype=None):
   """ps_jax model loaded from a TinyHF folder (fp32 unless dtype is given)."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   import ps_jax  # pylint: disable=import-outside-toplevel
 
   model, _ = ps_jax.load(tiny.path, dtype=jnp.float32 if dtype is None else dtype)

@@ -24,7 +24,7 @@ def llama(tiny):
 @pytest.fixture(scope="module")
 def prompts():
   # A: 6 tokens; with a 14-token (same bucket 16), a 3-token and a 20-token (bucket 32) one.
-  return dict(zip("ALSX", helpers.random_prompts([6, 14, 3, 20], seed=7)))
+  return dict(zip("ALSX", helpers.random_prompts([6, 14, 3, 20], seed=7), strict=True))
 
 
 def _no_stop(*results_or_lists):

@@ -126,7 +126,7 @@ def test_every_parameter_gets_a_valid_sharding(tiny):
   shardings = _flat(state_shardings(state, mesh))
   for name, var in _flat(state).items():
     spec = shardings[name].spec
-    for dim, axes in zip(var.shape, tuple(spec) + (None,) * (var.ndim - len(spec))):
+    for dim, axes in zip(var.shape, tuple(spec) + (None,) * (var.ndim - len(spec)), strict=True):
       axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
       assert dim % int(np.prod([mesh.shape[a] for a in axes])) == 0, name
 

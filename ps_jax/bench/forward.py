@@ -25,7 +25,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -297,7 +298,7 @@ def greedy_agreement(a: np.ndarray, b: np.ndarray) -> float:
   """Mean over rows of the fraction of tokens before the first difference (1.0 = identical)."""
   a, b = np.asarray(a), np.asarray(b)
   fractions = []
-  for x, y in zip(a, b):
+  for x, y in zip(a, b, strict=True):
     diff = np.nonzero(x != y)[0]
     fractions.append((diff[0] if diff.size else x.size) / x.size)
   return float(np.mean(fractions))
@@ -442,7 +443,7 @@ def decode_step_analysis(
     kv_new = jnp.ones((cfg.num_layers, b, 1, cfg.num_kv_heads, cfg.head_dim), model.dtype)
     state = {"cache": cache}
 
-    def step_args(prev, state=state, tok=tok):
+    def step_args(prev, state=state, tok=tok, b=b):
       if prev is not None:
         state["cache"] = prev[1].replace(end_index=jnp.full((b,), cache_len // 2, jnp.int32))
       return params, state["cache"], tok
@@ -455,20 +456,20 @@ def decode_step_analysis(
     pieces = {
       "step": _time_per_call(jax.jit(step, donate_argnums=1), step_args, repeats=repeats),
       "weight_matmuls": _time_per_call(
-        jax.jit(weight_matmuls), lambda _: (params, x), repeats=repeats
+        jax.jit(weight_matmuls), lambda _, x=x: (params, x), repeats=repeats
       ),
-      "lm_head": _time_per_call(jax.jit(lm_head), lambda _: (params, x), repeats=repeats),
+      "lm_head": _time_per_call(jax.jit(lm_head), lambda _, x=x: (params, x), repeats=repeats),
     }
     fresh = KVCache.init(cfg, b, cache_len, model.dtype).replace(
       end_index=jnp.full((b,), cache_len // 2, jnp.int32)
     )
     pieces["attention"] = _time_per_call(
-      jax.jit(attention), lambda _, c=fresh: (c.k, c.v, c.valid_mask(), q), repeats=repeats
+      jax.jit(attention), lambda _, c=fresh, q=q: (c.k, c.v, c.valid_mask(), q), repeats=repeats
     )
     kt, vt = jnp.swapaxes(fresh.k, 2, 3), jnp.swapaxes(fresh.v, 2, 3)
     pieces["attention_kv_major"] = _time_per_call(
       jax.jit(attention_kv_major),
-      lambda _, c=fresh, k=kt, v=vt: (k, v, c.valid_mask(), q),
+      lambda _, c=fresh, k=kt, v=vt, q=q: (k, v, c.valid_mask(), q),
       repeats=repeats,
     )
     del kt, vt

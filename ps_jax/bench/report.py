@@ -17,7 +17,8 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 # Distributions whose versions every benchmark records (absent ones are recorded as None).
 DEFAULT_PACKAGES = ("jax", "jaxlib", "flax", "numpy", "torch", "transformers")
@@ -66,7 +67,7 @@ def environment(packages: Sequence[str] = DEFAULT_PACKAGES, **extra) -> dict[str
   except OSError:
     load = None
   env = {
-    "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "time_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     "python": platform.python_version(),
     "os": platform.platform(),
     "machine": platform.machine(),

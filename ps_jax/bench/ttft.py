@@ -17,9 +17,9 @@ Both JAX paths run device-synchronised; compilation is excluded (each program is
 first; warm-up and compile times are recorded). Repeats shrink (never below min_repeats) where
 one call exceeds path_budget_s / repeats; text prompts above text_max_tokens/torch_max_tokens
 are compiled ahead of time and timed once (or skipped), and prompts beyond the model's context
-are never run (the cache methods still are: their positions only reach L + |Q|). The text prompt's token ids are assembled
-directly (template tokens + the branch ids + question tokens), never decoded and re-encoded,
-so both methods see exactly the same branch tokens.
+are never run (the cache methods still are: their positions only reach L + |Q|). The text
+prompt's token ids are assembled directly (template tokens + the branch ids + question
+tokens), never decoded and re-encoded, so both methods see exactly the same branch tokens.
 
 Memory: for the JAX paths the XLA compiled memory analysis of each program
 (`jitted.lower(...).compile().memory_analysis()`: argument, output, temp bytes); for torch the
@@ -37,7 +37,8 @@ import os
 import re
 import threading
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -161,7 +162,7 @@ class Prompts:
     if len(branches) + 1 != len(self.text_pieces):
       raise ValueError(f"{len(branches)} branches for {len(self.text_pieces) - 1} slots")
     out = list(self.text_pieces[0])
-    for b, piece in zip(branches, self.text_pieces[1:]):
+    for b, piece in zip(branches, self.text_pieces[1:], strict=True):
       out += list(b) + list(piece)
     return out
 
@@ -552,7 +553,7 @@ def compile_check(runner: _Runner, config: TTFTConfig, log) -> dict[str, Any]:
   lengths = list(config.compile_check_lengths)
   if not lengths:
     return {}
-  buckets = {bucket(l, DEFAULT_LENGTH_BUCKETS, what="branch length") for l in lengths}
+  buckets = {bucket(n, DEFAULT_LENGTH_BUCKETS, what="branch length") for n in lengths}
   fns = {
     "encode_branches (_prefill_rows)": workers._prefill_rows,  # pylint: disable=protected-access
     "_build_prefix": synthesis._build_prefix,  # pylint: disable=protected-access
@@ -1066,10 +1067,11 @@ def write_plot(result: Mapping[str, Any], path: str) -> None:
         if c["branch_length"] == length and c["paths"][name].get("status") == "ok"
       )
       if pts:
-        xs, ys, single = zip(*pts)
+        xs, ys, single = zip(*pts, strict=True)
         marker = markers[j % len(markers)]
         ax.plot(xs, ys, color=colors[name], linewidth=1.2)
-        for x, y, one in zip(xs, ys, single):  # hollow: a single timed call (no warm-up)
+        # hollow: a single timed call (no warm-up)
+        for x, y, one in zip(xs, ys, single, strict=True):
           ax.plot(
             [x],
             [y],

@@ -43,7 +43,7 @@ class BranchCaches:
     """[B] int32: Lmax, where the synthesizer's own positions start."""
     return jnp.max(self.lengths, axis=-1).astype(jnp.int32)
 
-  def reencoded(self, inv_freq) -> "BranchCaches":
+  def reencoded(self, inv_freq) -> BranchCaches:
     """Rotates every key from its position to its slot index: branch r sits at [0, L_r)."""
     delta = jnp.arange(self.num_slots) - self.positions  # [B, R, S]
     k = apply_rope(self.k, jnp.broadcast_to(delta, self.k.shape[:4]), inv_freq)
@@ -53,12 +53,14 @@ class BranchCaches:
 
   def merged(self) -> PrefixKV:
     """Branches concatenated along the sequence axis, in branch order: [L, B, R*S, K, H]."""
-    l, b, r, s, kh, h = self.k.shape
+    num_layers, b, r, s, kh, h = self.k.shape
     mask = self.mask()
     # Padding slots get probability exactly 0, but 0 * (inf or NaN junk) would still be NaN.
     k, v = (jnp.where(mask[None, :, :, :, None, None], x, 0) for x in (self.k, self.v))
     return PrefixKV(
-      k=k.reshape(l, b, r * s, kh, h), v=v.reshape(l, b, r * s, kh, h), mask=mask.reshape(b, r * s)
+      k=k.reshape(num_layers, b, r * s, kh, h),
+      v=v.reshape(num_layers, b, r * s, kh, h),
+      mask=mask.reshape(b, r * s),
     )
 
 

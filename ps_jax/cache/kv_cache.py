@@ -26,7 +26,7 @@ class KVCache:
   end_index: Array  # [B] int32
 
   @classmethod
-  def init(cls, config: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> "KVCache":
+  def init(cls, config: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
     shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
     return cls(
       k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), end_index=jnp.zeros((batch,), jnp.int32)
@@ -40,7 +40,7 @@ class KVCache:
     """[B, S] bool: slots that hold real keys."""
     return jnp.arange(self.max_len)[None, :] < self.end_index[:, None]
 
-  def repeat(self, n: int) -> "KVCache":
+  def repeat(self, n: int) -> KVCache:
     """Each row repeated n times (row b -> rows b*n .. b*n+n-1), e.g. to fan out samples."""
     return KVCache(
       k=jnp.repeat(self.k, n, axis=1),
@@ -48,7 +48,7 @@ class KVCache:
       end_index=jnp.repeat(self.end_index, n),
     )
 
-  def append(self, k_new: Array, v_new: Array, lengths: Array) -> "KVCache":
+  def append(self, k_new: Array, v_new: Array, lengths: Array) -> KVCache:
     """Writes k_new, v_new [L, B, T, K, H] at end_index; advances end_index by lengths [B].
 
     Slots past the cache's end are dropped (callers check capacity up front).

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import grain
 import numpy as np

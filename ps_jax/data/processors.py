@@ -211,7 +211,7 @@ def _paragraphs(context: Any) -> list[tuple[str, list[str]]]:
       or len(titles) != len(sentences)
     ):
       raise MalformedRow("context", "invalid", "needs equal-length `title` and `sentences` lists")
-    pairs = list(zip(titles, sentences))
+    pairs = list(zip(titles, sentences, strict=True))
   elif isinstance(context, list):  # original JSON: [[title, [sentences]], ...]
     pairs = []
     for i, p in enumerate(context):

@@ -113,7 +113,7 @@ def _find_fact(rng: random.Random, n: int, difficulty: int) -> Instance:
   contexts += [fact(p, rng.choice(other_attrs) if difficulty == 1 else attr) for p in people]
   if difficulty == 3:  # distinct (person, attribute) pairs, so no fact contradicts another
     pairs = rng.sample([(p, a) for p in names for a in other_attrs], n)
-    contexts = [f"{c} {fact(p, a)}" for c, (p, a) in zip(contexts, pairs)]
+    contexts = [f"{c} {fact(p, a)}" for c, (p, a) in zip(contexts, pairs, strict=True)]
   rng.shuffle(contexts)
   return f"What is {target}'s {attr}?", answer, contexts
 
@@ -253,7 +253,7 @@ def _majority_vote(rng: random.Random, n: int, difficulty: int) -> Instance:
     [1, -1, 2, -2, 3, -3, 10, -10, 20, -20] if difficulty == 3 else [d for d in range(-9, 10) if d]
   )
   wrong = [answer + d for d in rng.sample(offsets, len(groups))]
-  votes = [answer] * m + [w for w, g in zip(wrong, groups) for _ in range(g)]
+  votes = [answer] * m + [w for w, g in zip(wrong, groups, strict=True) for _ in range(g)]
   rng.shuffle(votes)
   leads = ("I add {a} and {b} to get {x}.", "{a} + {b} = {x}.", "Adding {b} to {a} gives {x}.")
   contexts = [rng.choice(leads).format(a=a, b=b, x=x) + f" Answer: {x}." for x in votes]

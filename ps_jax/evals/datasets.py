@@ -331,7 +331,7 @@ def format_question(example: EvalExample) -> str:
     )
   if example.kind == "choice":
     letters = "ABCDEFGHIJ"[: len(example.options)]
-    opts = "\n".join(f"{l}) {o}" for l, o in zip(letters, example.options))
+    opts = "\n".join(f"{letter}) {o}" for letter, o in zip(letters, example.options, strict=True))
     return (
       f"{example.question}\n\n{opts}\n\nThink step by step, then answer with the "
       f"letter of the correct option ({', '.join(letters)}) within \\boxed{{}}, "

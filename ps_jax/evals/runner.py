@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import jax
 import numpy as np
@@ -191,7 +192,7 @@ def summarize(records: Sequence[dict], methods: Sequence[str]) -> dict:
     }
   if "text" in out["methods"]:
     base = out["methods"]["text"]["ttft_median_s"]
-    for m, s in out["methods"].items():
+    for s in out["methods"].values():
       s["ttft_speedup_vs_text"] = base / s["ttft_median_s"] if base and s["ttft_median_s"] else None
   return out
 

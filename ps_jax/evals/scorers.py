@@ -137,7 +137,10 @@ def math_equal(pred: Any, gold: Any) -> bool:
       return math.isclose(float(pn), float(gn), rel_tol=1e-6, abs_tol=1e-9)
     if pn is not None or gn is not None:
       return False
-    norm = lambda s: re.sub(r"\s+", "", _strip_latex(s)).lower()
+
+    def norm(s: str) -> str:
+      return re.sub(r"\s+", "", _strip_latex(s)).lower()
+
     return bool(norm(p)) and norm(p) == norm(g)
   except Exception:  # malformed output never crashes scoring
     return False
@@ -258,7 +261,8 @@ def score_exact_match(output: Any, gold: Any) -> float:
     if re.search(r"[,;]", gold):
       g_items, p_items = re.split(r"[,;]", gold), re.split(r"[,;]", pred)
       return float(
-        len(g_items) == len(p_items) and all(_elem_equal(p, g) for p, g in zip(p_items, g_items))
+        len(g_items) == len(p_items)
+        and all(_elem_equal(p, g) for p, g in zip(p_items, g_items, strict=True))
       )
     return float(_elem_equal(pred, gold))
   except Exception:

@@ -7,7 +7,7 @@ for layer-stacked parameters) and a hook that turns the stored array into our la
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import jax.numpy as jnp
 import numpy as np
@@ -57,7 +57,11 @@ def load_params(
   architecture ps_jax does not model, which would otherwise be silently dropped).
   """
   used: set[str] = set()
-  fetch = lambda name: (used.add(name), get_tensor(name))[1]  # pylint: disable=unnecessary-lambda-assignment
+
+  def fetch(name: str):
+    used.add(name)
+    return get_tensor(name)
+
   abstract = nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   by_path = {r.path: r for r in rules}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # HF `model_type` -> family. The families differ only in the switches below.
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
@@ -70,7 +71,7 @@ class ModelConfig:
     )
 
   @classmethod
-  def from_hf(cls, hf: Mapping[str, Any]) -> "ModelConfig":
+  def from_hf(cls, hf: Mapping[str, Any]) -> ModelConfig:
     """Builds the config from a transformers `config.json` dict."""
     model_type = hf.get("model_type")
     archs = hf.get("architectures") or []
@@ -109,7 +110,7 @@ class ModelConfig:
     )
 
   @classmethod
-  def from_hf_file(cls, path: str | os.PathLike) -> "ModelConfig":
+  def from_hf_file(cls, path: str | os.PathLike) -> ModelConfig:
     with open(path) as f:
       return cls.from_hf(json.load(f))
 

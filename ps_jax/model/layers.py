@@ -6,7 +6,7 @@ to mesh axes. Kernels are stored [in, out] so that a projection is `x @ kernel`.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp

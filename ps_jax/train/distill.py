@@ -381,7 +381,8 @@ def distill_batch(
       max_new_tokens=cfg.synth_max_new_tokens,
       templates=templates,
     )
-    for (x, mode, kept, dropped), answer in zip(live, result.texts):
+    # The padding rows' outputs are dropped.
+    for (x, mode, kept, dropped), answer in zip(live, result.texts[: len(live)], strict=True):
       answer = answer.strip()
       if not answer:
         skipped.append(

@@ -13,7 +13,8 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -42,7 +43,7 @@ class RunInfo:
   optimizer: OptimizerConfig
 
   @classmethod
-  def from_dict(cls, c: Mapping[str, Any], where: str = CONFIG_FILE) -> "RunInfo":
+  def from_dict(cls, c: Mapping[str, Any], where: str = CONFIG_FILE) -> RunInfo:
     try:
       model = c["model"]
       return cls(

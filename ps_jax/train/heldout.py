@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -58,7 +58,7 @@ def evaluate_methods(
       )
       ttft[m].append(res.ttft_s)
       outputs[m] = res.texts
-      for row, text in zip(batch, res.texts):
+      for row, text in zip(batch, res.texts, strict=True):
         scores[m][group(row)].append(scorer(row, text))
     for i, row in enumerate(batch):
       samples.append(

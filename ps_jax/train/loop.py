@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 from absl import logging
@@ -162,7 +163,7 @@ def train(
       return {}
     it = iter(make_dataset(eval_set.examples, eval_cfg, process_index=pindex, process_count=pcount))
     total, count = 0.0, 0.0
-    for _, batch in zip(range(cfg.eval_batches), it):
+    for batch in itertools.islice(it, cfg.eval_batches):
       if len(batch["synth_lengths"]) != cfg.pipeline.batch_size // pcount:
         break  # a short last batch would compile a new program
       m = eval_fn(state, model_params, to_global(batch))

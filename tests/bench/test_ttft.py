@@ -11,11 +11,11 @@ import subprocess
 import sys
 
 import flax
-import helpers
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
 import ps_jax
 from ps_jax.bench import ttft
 

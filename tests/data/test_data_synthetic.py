@@ -79,7 +79,7 @@ def test_bad_arguments():
 @pytest.mark.parametrize("family,difficulty", CASES)
 def test_checker_accepts_gold_and_rejects_wrong(family, difficulty):
   rows = _rows(family, difficulty, n=10)
-  for r, other in zip(rows, rows[1:] + rows[:1]):
+  for r, other in zip(rows, rows[1:] + rows[:1], strict=True):
     gold = r.answer
     for pred in (
       gold,
@@ -156,7 +156,7 @@ def test_combine_partials_needs_every_branch(difficulty):
     parts = {}
     for c in r.contexts:
       nums, words = re.fullmatch(r"Parts? ([\d and]+) of the message: ([\w ]+)\.", c).groups()
-      parts.update(zip(map(int, nums.split(" and ")), words.split()))
+      parts.update(zip(map(int, nums.split(" and ")), words.split(), strict=True))
     assert " ".join(parts[k] for k in sorted(parts)) == r.answer
     assert sorted(parts) == list(range(1, len(r.answer.split()) + 1))
     for word in r.answer.split():

@@ -79,7 +79,7 @@ def test_rows_schema_and_jsonl_source(model_tok, queries_jsonl, tmp_path):
   source = JsonlSource(out)
   assert len(source) == result.written and source.stats.num_skipped == 0
   objs = [json.loads(line) for line in _lines(out).splitlines()]
-  for obj, row in zip(objs, source):
+  for obj, row in zip(objs, source, strict=True):
     assert set(obj) == {"query", "answer", "contexts", "source", "meta"}
     x = inputs[obj["meta"]["distill"]["index"]]
     assert row.query == x.query
@@ -170,7 +170,10 @@ def test_rows_do_not_depend_on_batching(model_tok, queries_jsonl, tmp_path):
   # branches.
   c = tmp_path / "seed1.jsonl"
   _run(model_tok, inputs[:3], c, cfg=dataclasses.replace(CFG, seed=1))
-  ctx = lambda p: [json.loads(line)["contexts"] for line in _lines(p).splitlines()]
+
+  def ctx(p):
+    return [json.loads(line)["contexts"] for line in _lines(p).splitlines()]
+
   assert ctx(c) != ctx(a)
 
 

@@ -13,12 +13,12 @@ import pytest
 from ps_jax.evals import (
   DATASETS,
   EvalExample,
+  datasets,
   format_question,
   load_eval_dataset,
   score_choice,
   score_example,
 )
-from ps_jax.evals import datasets
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def test_gpqa_diamond_shuffles_deterministically():
   ex = load_eval_dataset("gpqa_diamond", path=path)
   rows = _rows("gpqa_diamond.jsonl")
   assert len(ex) == 3
-  for e, row in zip(ex, rows):
+  for e, row in zip(ex, rows, strict=True):
     assert e.kind == "choice" and len(e.options) == 4 and e.id == row["Record ID"]
     assert e.options["ABCD".index(e.gold)] == row["Correct Answer"].strip()
     assert sorted(e.options) == sorted(

@@ -17,8 +17,7 @@ import time
 
 import pytest
 
-from ps_jax.evals import SandboxLimits, run_code, sandbox_isolation
-from ps_jax.evals import sandbox
+from ps_jax.evals import SandboxLimits, run_code, sandbox, sandbox_isolation
 
 TIGHT = SandboxLimits(max_processes=32, memory_bytes=512 << 20)
 MODES = ["contained_root", "contained_userns"] if os.geteuid() == 0 else ["contained_userns"]
@@ -26,6 +25,7 @@ MODES = ["contained_root", "contained_userns"] if os.geteuid() == 0 else ["conta
 # run as root (root itself uses the fresh-uid mode): there, the process count is bounded only
 # by the timeout, after which every process is killed (asserted in every mode).
 NPROC_ENFORCED = {"contained_root": True, "contained_userns": os.geteuid() != 0}
+HOME = os.path.expanduser("~")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -267,10 +267,17 @@ assert sorted(wrote) == sorted({[os.path.join(d, name) for d in private]!r}), wr
         os.remove(t)
 
 
+def _home_entries() -> list[str]:
+  """Host files in the user's home, except the way to the interpreter (bound read-only)."""
+  base = os.path.realpath(sys.base_prefix)
+  entries = [os.path.join(HOME, e) for e in sorted(os.listdir(HOME))] if os.path.isdir(HOME) else []
+  return [e for e in entries if not (base + "/").startswith(e + "/")][:10]
+
+
 def test_host_files_are_not_visible(mode):
   program = f"""
 import os
-for path in ("/etc/passwd", "/etc/hostname", "/home", {REPO!r}, "/root/.bashrc", "/sys"):
+for path in ("/etc/passwd", "/etc/hostname", "/home", {REPO!r}, "/sys", *{_home_entries()!r}):
   assert not os.path.exists(path), path + " is visible"
 assert sorted(os.listdir("/proc"))[:0] == [] and all(
     int(p) < 100 for p in os.listdir("/proc") if p.isdigit()), "host processes are visible"

@@ -1,4 +1,4 @@
-"""ps_jax.load on transformers folders: layouts that must load, and bad input that must fail loudly."""
+"""ps_jax.load on transformers folders: layouts that must load, bad input that must fail loudly."""
 
 from __future__ import annotations
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 import helpers
-
 from ps_jax.model import ModelConfig, Transformer
 from ps_jax.model.layers import Linear, RMSNorm, attend
 
@@ -55,7 +53,12 @@ def test_attend_over_sources_equals_attend_over_concatenation():
   split = attend(q, srcs)
   cat = attend(
     q,
-    [tuple(jnp.concatenate(parts, axis=-1 if i == 2 else 1) for i, parts in enumerate(zip(*srcs)))],
+    [
+      tuple(
+        jnp.concatenate(parts, axis=-1 if i == 2 else 1)
+        for i, parts in enumerate(zip(*srcs, strict=True))
+      )
+    ],
   )
   np.testing.assert_allclose(np.asarray(split), np.asarray(cat), rtol=1e-6, atol=1e-6)
 

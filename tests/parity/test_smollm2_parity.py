@@ -112,7 +112,7 @@ def test_greedy_ignoring_eos(smollm2, smollm2_hf, prompt_ids):
   stop = next(i for i in range(model.config.vocab_size) if i not in ref)
   res = generate_ids(model, [prompt_ids], max_new_tokens=N_NEW, stop_ids=[stop])
   ours = res.tokens[0, :N_REF].tolist()
-  same = next((i for i, (a, b) in enumerate(zip(ours, ref)) if a != b), N_REF)
+  same = next((i for i, (a, b) in enumerate(zip(ours, ref, strict=True)) if a != b), N_REF)
   print(f"\n[smollm2] EOS off: first {same} of {N_REF} greedy tokens identical")
   assert same == N_REF
 

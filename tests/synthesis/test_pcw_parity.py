@@ -1,4 +1,4 @@
-"""`pcw` (training-free Parallel Context Windows layout) against sequential prefill and transformers.
+"""`pcw` (training-free Parallel Context Windows layout) vs sequential prefill and transformers.
 
 1. One branch, no adapter: the synthesizer tokens placed at L + t over the branch's cache see
    exactly what they would see at the end of the plain concatenation [branch; synth], so their
@@ -88,19 +88,21 @@ def test_reencoded_branches_match_transformers_at_shifted_positions(tiny, family
   *full_ids, synth = helpers.random_prompts(full_lengths + [6], seed=31)
   branches = ps.encode_branches(model, None, [full_ids], keep_last=keep, **BUCKETS)
   starts = [max(n - keep, 0) for n in full_lengths]  # 32, 55, 0
-  kept = [n - s for n, s in zip(full_lengths, starts)]  # 8, 8, 5
+  kept = [n - s for n, s in zip(full_lengths, starts, strict=True)]  # 8, 8, 5
   pos = np.asarray(branches.caches.positions)[0]
-  for r, (s, n) in enumerate(zip(starts, kept)):
+  for r, (s, n) in enumerate(zip(starts, kept, strict=True)):
     np.testing.assert_array_equal(pos[r, :n], s + np.arange(n))
   ours = logits_np(model, branches, [synth], "pcw")[0]
 
   kvs = [
     tr.slice_kv(tr.prefill_kv(tiny_hf.hf, ids, position_ids=np.arange(len(ids)) - s), s)
-    for ids, s in zip(full_ids, starts)
+    for ids, s in zip(full_ids, starts, strict=True)
   ]
   ref = tr.synth_logits(tiny_hf.hf, kvs, kept, synth)
   # Without re-encoding (keys left at their original positions) the answer would differ.
-  kvs_raw = [tr.slice_kv(tr.prefill_kv(tiny_hf.hf, ids), s) for ids, s in zip(full_ids, starts)]
+  kvs_raw = [
+    tr.slice_kv(tr.prefill_kv(tiny_hf.hf, ids), s) for ids, s in zip(full_ids, starts, strict=True)
+  ]
   stale = tr.synth_logits(tiny_hf.hf, kvs_raw, kept, synth)
   d = max_diff(ours, ref)
   report(f"{family} keep_last re-encoded pcw vs transformers", d)

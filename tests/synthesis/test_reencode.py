@@ -7,9 +7,10 @@ worker offsets P_i, padding slots and absent branches included).
 
 Precision note: in fp32 a RoPE angle p * f is rounded to the float32 spacing at p * f
 (2.4e-4 rad at p = 3000), for the direct encoding and for the rotation alike. So the 1e-5
-criterion is asserted where that spacing allows it (angles < 128 rad, |x| <= 1); at positions 1000-3000 the composed and the direct encodings are asserted to
-agree within 2 * spacing(max angle) * max|x|, which is the fp32 quantisation of the angle
-itself and what transformers' own RoPE shows against a float64 truth at those positions.
+criterion is asserted where that spacing allows it (angles < 128 rad, |x| <= 1); at positions
+1000-3000 the composed and the direct encodings are asserted to agree within
+2 * spacing(max angle) * max|x|, which is the fp32 quantisation of the angle itself and what
+transformers' own RoPE shows against a float64 truth at those positions.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ ON (lora_only, parallel_synthesis) or OFF (pcw, mapper_only) at positions Lmax +
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import numpy as np
 import pytest
@@ -87,19 +89,9 @@ def _build(family, tiny, tmp_path_factory):
   for m in methods:
     use_mapper, use_lora = USES[m]
     rows = []
-    for kv, ls, s in zip(kvs, BRANCH_LENGTHS, synth):
-      run = lambda: tr.synth_logits(
-        peft_model,
-        kv,
-        ls,
-        s,  # noqa: E731
-        mapper=mapper if use_mapper else None,
-      )
-      if use_lora:
-        rows.append(run())
-      else:
-        with peft_model.disable_adapter():
-          rows.append(run())
+    for kv, ls, s in zip(kvs, BRANCH_LENGTHS, synth, strict=True):
+      with contextlib.nullcontext() if use_lora else peft_model.disable_adapter():
+        rows.append(tr.synth_logits(peft_model, kv, ls, s, mapper=mapper if use_mapper else None))
     ref[m] = rows
   return family, model, adapter, ours, ref, lengths, (folder, branches, tokens)
 

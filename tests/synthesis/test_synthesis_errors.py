@@ -240,8 +240,9 @@ def test_inferred_reference_lora_for_a_different_model(llama, llama_branches, pe
 
 
 def test_reference_lora_with_other_target_modules(tiny, tmp_path, llama):
-  from peft import LoraConfig, get_peft_model  # pylint: disable=import-outside-toplevel
   import copy  # pylint: disable=import-outside-toplevel
+
+  from peft import LoraConfig, get_peft_model  # pylint: disable=import-outside-toplevel
 
   pm = get_peft_model(
     copy.deepcopy(tiny("llama")[0].hf),

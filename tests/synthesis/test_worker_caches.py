@@ -82,7 +82,7 @@ def _prompt_ids(tok, question: str) -> list[int]:
 def _questions(prompts, branches):
   """questions[b][r] for each branch of each example."""
   if all(isinstance(p, str) for p in prompts):
-    return [[p] * len(ids) for p, ids in zip(prompts, branches.token_ids)]
+    return [[p] * len(ids) for p, ids in zip(prompts, branches.token_ids, strict=True)]
   return prompts
 
 
@@ -107,7 +107,7 @@ def _check_against_transformers(tiny_hf, model, tok, prompts, branches, label):
       ref_re = tr.slice_kv(
         tr.prefill_kv(tiny_hf.hf, full, position_ids=np.arange(len(full)) - p), p
       )
-      for layer, ((rk, rv), (rk_re, _)) in enumerate(zip(ref, ref_re)):
+      for layer, ((rk, rv), (rk_re, _)) in enumerate(zip(ref, ref_re, strict=True)):
         ours_k = k[layer, b, r, :n].transpose(1, 0, 2)  # -> [K, T, H]
         ours_v = v[layer, b, r, :n].transpose(1, 0, 2)
         d_raw = max(d_raw, max_diff(ours_k, rk.numpy()), max_diff(ours_v, rv.numpy()))
@@ -221,7 +221,7 @@ def test_synthesize_equals_greedy_over_synthesis_logits(model_pair, tok, per_bra
       if not done[b]:
         seq.append(int(np.argmax(logits[b, len(seq) - 1])))
         done[b] = seq[-1] == tok.eos_token_id
-  gens = [s[len(p) :] for s, p in zip(seqs, prompts)]
+  gens = [s[len(p) :] for s, p in zip(seqs, prompts, strict=True)]
   np.testing.assert_array_equal(result.prompt_tokens, [len(p) for p in prompts])
   np.testing.assert_array_equal(result.generated_tokens, [len(g) for g in gens])
   want = [

@@ -16,7 +16,7 @@ import inspect
 import json
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -99,7 +99,7 @@ def synth_logits(
   kvs: Sequence[LayerKV],
   lengths: Sequence[int],
   synth: Sequence[int],
-  mapper: "RefMapper | None" = None,
+  mapper: RefMapper | None = None,
 ) -> np.ndarray:
   """The reference cache-synthesis forward of one example over re-encoded branch KV `kvs`.
 
@@ -108,7 +108,9 @@ def synth_logits(
   through `model` at positions Lmax + t.
   """
   if mapper is not None:
-    kvs = [mapper.apply(kv, length=n, num_agents=len(kvs)) for kv, n in zip(kvs, lengths)]
+    kvs = [
+      mapper.apply(kv, length=n, num_agents=len(kvs)) for kv, n in zip(kvs, lengths, strict=True)
+    ]
   return logits_over_cache(model, concat_cache(kvs), synth, max(lengths))
 
 

@@ -7,8 +7,9 @@ rerun after a kill) load the executable instead of compiling it again; a cache h
 very same executable that the compile would have produced, so no number below depends on it.
 
 - `cache_dir`: the session's compilation cache; in-process jax uses it for the session.
-- `subprocess_env` / `run_train_cli`: `python -m launch.train` (train_helpers.CLI_ARGS) in a subprocess on ONE CPU
-  device (the 8-device flag of tests/conftest.py is removed), with the same cache.
+- `subprocess_env` / `run_train_cli`: `python -m launch.train` (train_helpers.CLI_ARGS) in a
+  subprocess on ONE CPU device (the 8-device flag of tests/conftest.py is removed), with the
+  same cache.
 - `reference_run`: one uninterrupted 8-step run of configs/tiny.py (fp32, 1 device) shared by
   the kill/resume, corrupt-checkpoint and two-process tests.
 - `tokenizer`, `tiny_model`: SmolLM2's tokenizer and a 2-layer random model, built once.

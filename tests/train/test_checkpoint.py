@@ -115,7 +115,7 @@ def test_failed_restore_leaves_no_work_running(
   assert len(warnings) == 2, warnings  # one per unreadable checkpoint, nothing else
   assert "checkpoint at step 3 " in warnings[0] and "checkpoint at step 2 " in warnings[1]
   assert step == 1 and data_state == {"next_index": 1}
-  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(tree)):
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(tree), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert ckpt.manager.all_steps() == [1]  # the unreadable ones were moved aside
   assert sorted(p.split(".")[0] for p in os.listdir(tmp_path)) == ["1", "2", "3"]

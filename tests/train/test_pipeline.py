@@ -40,7 +40,7 @@ def _batches(ds_or_it, n):
 
 def _assert_same(a, b):
   assert len(a) == len(b)
-  for x, y in zip(a, b):
+  for x, y in zip(a, b, strict=True):
     assert x.keys() == y.keys()
     for k in x:
       np.testing.assert_array_equal(x[k], y[k], err_msg=k)

@@ -157,9 +157,9 @@ def test_corrupt_latest_checkpoint_then_train_past_it(tmp_path, reference_run, r
 @pytest.fixture(scope="module")
 def abstract_state():
   """The abstract TrainState of the configs/tiny.py run, built the way loop.train builds it."""
+  import ps_jax  # pylint: disable=import-outside-toplevel
   from configs import tiny  # pylint: disable=import-outside-toplevel
   from launch.train import train_config  # pylint: disable=import-outside-toplevel
-  import ps_jax  # pylint: disable=import-outside-toplevel
   from ps_jax.adapter import Adapter  # pylint: disable=import-outside-toplevel
   from ps_jax.train.checkpoint import abstract_like  # pylint: disable=import-outside-toplevel
   from ps_jax.train.step import init_state, make_optimizer  # pylint: disable=import-outside-toplevel
@@ -248,6 +248,7 @@ def test_harmless_leftovers_still_restore_the_latest(
   """A half-written save (`*.orbax-checkpoint-tmp-*`) is ignored; metadata-only losses of an
   otherwise complete checkpoint do not discard it. The restored arrays are the saved ones."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   from ps_jax.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
 
   ref_dir, _ = reference_run
@@ -268,5 +269,5 @@ def test_harmless_leftovers_still_restore_the_latest(
   pristine = ocp.StandardCheckpointer().restore(
     os.path.join(ref_dir, "checkpoints", "8", "state"), abstract_state
   )
-  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(pristine)):
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(pristine), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -26,7 +26,6 @@ from ps_jax.sharding import MeshConfig, make_mesh
 from ps_jax.train import loop as loop_lib
 from ps_jax.train.loop import AdapterConfig, NonFiniteLossError, TrainConfig, train
 from ps_jax.train.step import OptimizerConfig
-
 from train_helpers import read_metrics
 
 STEPS = 4
@@ -154,6 +153,7 @@ def _from_step_2(src: str, dst) -> str:
 def _latest_trainable(workdir, model):
   """(step, trainable leaves) of the newest checkpoint (restored as the loop restores it)."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   from ps_jax.adapter import Adapter  # pylint: disable=import-outside-toplevel
   from ps_jax.train.checkpoint import Checkpointer, abstract_like  # pylint: disable=import-outside-toplevel
   from ps_jax.train.step import init_state, make_optimizer  # pylint: disable=import-outside-toplevel
@@ -237,7 +237,7 @@ def test_sharded_step_on_8_devices_equals_one_device(
   assert len(meshes) == 1 and dict(meshes[0].shape) == {"data": 2, "fsdp": 2, "tensor": 2}
   assert meshes[0].devices.size == 8
   diffs = {}
-  for a, b in zip(result.history, ref.history[:steps]):
+  for a, b in zip(result.history, ref.history[:steps], strict=True):
     assert a["step"] == b["step"] and a["target_tokens"] == b["target_tokens"]
     diffs[a["step"]] = abs(a["loss"] - b["loss"])
     assert diffs[a["step"]] <= 1e-5, (a, b)
