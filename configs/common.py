@@ -1,28 +1,8 @@
-"""Helpers shared by the config files (big_vision style): argument parsing and dtype names."""
+"""Helpers shared by the config files (big_vision style): the config argument parser."""
 
 from __future__ import annotations
 
 import ml_collections
-
-# Config-facing dtype names -> numpy/JAX dtype names (kept as strings so configs import no jax).
-DTYPES = {
-  "float32": "float32",
-  "fp32": "float32",
-  "bfloat16": "bfloat16",
-  "bf16": "bfloat16",
-  "float16": "float16",
-  "fp16": "float16",
-}
-
-
-def dtype(name: str):
-  """The jnp dtype for a config's dtype name ("float32", "bfloat16", ...)."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-
-  key = str(name).lower()
-  if key not in DTYPES:
-    raise ValueError(f"config dtype={name!r} is not one of {sorted(DTYPES)}")
-  return jnp.dtype(DTYPES[key])
 
 
 def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
@@ -53,21 +33,3 @@ def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
     else:
       out[key] = type(default)(value)
   return out
-
-
-def build_model(cfg):
-  """(model, tokenizer) of a config's `model` section: the configured source, or a random model
-  of `random_shape` with the source's tokenizer and vocabulary (tiny test and smoke runs)."""
-  import dataclasses  # pylint: disable=import-outside-toplevel
-
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-
-  import ps_jax as ps  # pylint: disable=import-outside-toplevel
-
-  if not cfg.random_init:
-    return ps.load(cfg.source, dtype=dtype(cfg.dtype))
-  config = dataclasses.replace(ps.io.load_config(cfg.source), **dict(cfg.random_shape))
-  return (
-    ps.Transformer(config, dtype=dtype(cfg.dtype), rngs=nnx.Rngs(0)),
-    ps.io.load_tokenizer(cfg.source),
-  )

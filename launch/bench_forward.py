@@ -71,19 +71,19 @@ def main(argv) -> None:
   c = _CONFIG.value
   threads = set_threads(c.num_threads)  # before anything runs on JAX's CPU backend
   import ps_jax as ps  # pylint: disable=import-outside-toplevel
-  from configs import common  # pylint: disable=import-outside-toplevel
   from ps_jax.bench import forward  # pylint: disable=import-outside-toplevel
+  from ps_jax.experiment import dtype  # pylint: disable=import-outside-toplevel
 
   bench = forward.ForwardBenchConfig(
     **{k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in c.bench.to_dict().items()}
   )
   start = time.perf_counter()
-  model, tokenizer = ps.load(c.model, dtype=common.dtype(c.dtype))
+  model, tokenizer = ps.load(c.model, dtype=dtype(c.dtype))
   logging.info("ps_jax load: %.2f s", time.perf_counter() - start)
   torch_model = None
   if c.torch:
     start = time.perf_counter()
-    torch_model = load_torch_model(c.model, str(common.dtype(c.dtype)))
+    torch_model = load_torch_model(c.model, str(dtype(c.dtype)))
     logging.info("transformers load: %.2f s", time.perf_counter() - start)
 
   result = forward.run(

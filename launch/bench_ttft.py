@@ -31,8 +31,9 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import ps_jax as ps  # pylint: disable=import-outside-toplevel
-  from configs import bench_ttft, common  # pylint: disable=import-outside-toplevel
+  from configs import bench_ttft  # pylint: disable=import-outside-toplevel
   from ps_jax.bench import ttft  # pylint: disable=import-outside-toplevel
+  from ps_jax.experiment import dtype  # pylint: disable=import-outside-toplevel
 
   c = _CONFIG.value.copy_and_resolve_references()
   if c.quick:  # `--config.quick=True`: quick values for the fields left at their defaults
@@ -42,11 +43,11 @@ def main(argv) -> None:
         c[key] = value
   config = ttft.config_from_dict(c.to_dict())
   start = time.perf_counter()
-  model, tokenizer = ps.load(c.model, dtype=common.dtype(c.dtype))
+  model, tokenizer = ps.load(c.model, dtype=dtype(c.dtype))
   print(f"loaded {c.model} ({c.dtype}) in {time.perf_counter() - start:.1f} s", flush=True)
   torch_model = None
   if c.torch_reference:
-    if common.dtype(c.dtype).name != "float32":
+    if dtype(c.dtype).name != "float32":
       logging.warning("the torch reference runs in float32 while the model is %s", c.dtype)
     torch_model = ttft.load_torch_model(c.model)
   result = ttft.run(

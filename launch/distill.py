@@ -14,7 +14,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from configs.common import build_model
+from ps_jax.experiment import build_model
 
 flags.DEFINE_string(
   "workdir", None, "Directory for the output (default distilled.jsonl).", required=True

@@ -21,12 +21,12 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   import ps_jax as ps  # pylint: disable=import-outside-toplevel
-  from configs import common  # pylint: disable=import-outside-toplevel
   from ps_jax.evals import load_eval_dataset  # pylint: disable=import-outside-toplevel
   from ps_jax.evals.runner import EvalConfig, SamplingWorkers, run_eval  # pylint: disable=import-outside-toplevel
+  from ps_jax.experiment import dtype  # pylint: disable=import-outside-toplevel
 
   c = FLAGS.config
-  model, tokenizer = ps.load(c.model, dtype=common.dtype(c.dtype))
+  model, tokenizer = ps.load(c.model, dtype=dtype(c.dtype))
   adapter = ps.load_adapter(c.adapter, model.config) if c.adapter else None
   examples = load_eval_dataset(
     c.dataset, c.path or None, c.split or None, None if c.limit < 0 else c.limit

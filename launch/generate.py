@@ -28,12 +28,12 @@ def main(argv) -> None:
   import jax  # pylint: disable=import-outside-toplevel
 
   import ps_jax as ps  # pylint: disable=import-outside-toplevel
-  from configs import common  # pylint: disable=import-outside-toplevel
   from ps_jax import generation  # pylint: disable=import-outside-toplevel
+  from ps_jax.experiment import dtype  # pylint: disable=import-outside-toplevel
 
   c = _CONFIG.value
   start = time.perf_counter()
-  model, tokenizer = ps.load(c.model, dtype=common.dtype(c.dtype))
+  model, tokenizer = ps.load(c.model, dtype=dtype(c.dtype))
   load_s = time.perf_counter() - start
   logging.info("loaded %s (%s) in %.2f s", c.model, c.dtype, load_s)
   print(f"load: {c.model} ({c.dtype}) in {load_s:.2f} s", flush=True)

@@ -15,7 +15,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from configs.common import build_model
+from ps_jax.experiment import build_model, build_rows, train_config
 
 flags.DEFINE_string(
   "workdir", None, "Directory for checkpoints, metrics and the report.", required=True
@@ -27,49 +27,6 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with 
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.mark_flags_as_required(["config"])  # a clear usage error, before anything runs
 FLAGS = flags.FLAGS
-
-
-def build_rows(cfg):
-  """(train rows, held-out rows, RowStats of rows the JSONL sources skipped) from the
-  synthetic suite plus any extra JSONL row files."""
-  from ps_jax.data import JsonlSource, RowStats, synthetic  # pylint: disable=import-outside-toplevel
-
-  nb = tuple(cfg.num_branches)
-  train, heldout = [], []
-  for fam in cfg.families:
-    lo = max(nb[0], synthetic.FAMILIES[fam].min_branches)
-    train += synthetic.generate(
-      fam, "train", cfg.train_per_family, cfg.seed, (lo, nb[1]), cfg.difficulty
-    )
-    heldout += synthetic.generate(
-      fam, "heldout", cfg.eval_per_family, cfg.seed, (lo, nb[1]), cfg.difficulty
-    )
-  stats = RowStats()
-  for path in cfg.extra_jsonl:
-    source = JsonlSource(path)
-    train += [source[i] for i in range(len(source))]
-    logging.info("%s: %s", path, source.stats)
-    stats.skipped.update(source.stats.skipped)
-  return train, heldout, stats
-
-
-def train_config(c):
-  from ps_jax.data.pipeline import PipelineConfig  # pylint: disable=import-outside-toplevel
-  from ps_jax.sharding import MeshConfig  # pylint: disable=import-outside-toplevel
-  from ps_jax.train.loop import AdapterConfig, TrainConfig  # pylint: disable=import-outside-toplevel
-  from ps_jax.train.step import OptimizerConfig  # pylint: disable=import-outside-toplevel
-
-  return TrainConfig(
-    num_steps=c.train.num_steps,
-    checkpoint_every=c.checkpoint.every_steps,
-    eval_every=c.train.eval_every,
-    eval_batches=c.train.eval_batches,
-    max_checkpoints=c.checkpoint.max_to_keep,
-    pipeline=PipelineConfig(**c.pipeline),
-    optimizer=OptimizerConfig(**c.optimizer),
-    adapter=AdapterConfig(**c.adapter),
-    mesh=MeshConfig(**c.mesh),
-  )
 
 
 def _quiet_orbax() -> None:

@@ -159,8 +159,8 @@ def abstract_state():
   """The abstract TrainState of the configs/tiny.py run, built the way loop.train builds it."""
   import ps_jax  # pylint: disable=import-outside-toplevel
   from configs import tiny  # pylint: disable=import-outside-toplevel
-  from launch.train import train_config  # pylint: disable=import-outside-toplevel
   from ps_jax.adapter import Adapter  # pylint: disable=import-outside-toplevel
+  from ps_jax.experiment import train_config  # pylint: disable=import-outside-toplevel
   from ps_jax.train.checkpoint import abstract_like  # pylint: disable=import-outside-toplevel
   from ps_jax.train.step import init_state, make_optimizer  # pylint: disable=import-outside-toplevel
 
