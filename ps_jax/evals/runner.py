@@ -23,6 +23,7 @@ from ps_jax.cache.branches import Branches
 from ps_jax.evals.datasets import EvalExample, format_question
 from ps_jax.evals.sandbox import SandboxLimits, sandbox_isolation
 from ps_jax.evals.scorers import score_example
+from ps_jax.evals.stats import wilson_interval
 from ps_jax.model import Transformer
 from ps_jax.prompts import PromptTemplates
 from ps_jax.synthesis import synthesize
@@ -180,6 +181,7 @@ def summarize(records: Sequence[dict], methods: Sequence[str]) -> dict:
     chunk_ttft = {r["chunk"]: r["methods"][m]["ttft_s"] for r in records}
     out["methods"][m] = {
       "accuracy": float(np.mean(scores)) if scores else float("nan"),
+      "accuracy_ci95": list(wilson_interval(float(np.sum(scores)), len(scores))),
       "ttft_median_s": float(np.median(list(chunk_ttft.values()))) if chunk_ttft else None,
       "prompt_tokens_mean": float(np.mean([r["methods"][m]["prompt_tokens"] for r in records]))
       if records
@@ -204,14 +206,47 @@ def write_summary(summary: dict, workdir: str, title: str = "Evaluation") -> Non
   if summary.get("sandbox_isolation"):
     lines += [f"Generated code ran in the sandbox: {summary['sandbox_isolation']}.", ""]
   lines += [
-    "| method | accuracy (%) | TTFT median (ms) | speed-up vs text | prompt tokens |",
-    "|---|---|---|---|---|",
+    "| method | accuracy (%) | 95% CI (Wilson) | TTFT median (ms) | speed-up vs text "
+    "| prompt tokens |",
+    "|---|---|---|---|---|---|",
   ]
   for m, s in summary["methods"].items():
     speed = s.get("ttft_speedup_vs_text")
+    lo, hi = s["accuracy_ci95"]
     lines.append(
-      f"| {m} | {100 * s['accuracy']:.1f} | {1e3 * (s['ttft_median_s'] or 0):.1f} | "
-      f"{'' if speed is None else f'{speed:.2f}x'} | {s['prompt_tokens_mean']:.0f} |"
+      f"| {m} | {100 * s['accuracy']:.1f} | {100 * lo:.1f}-{100 * hi:.1f} | "
+      f"{1e3 * (s['ttft_median_s'] or 0):.1f} | {'' if speed is None else f'{speed:.2f}x'} | "
+      f"{s['prompt_tokens_mean']:.0f} |"
     )
+  lines += ["", "![accuracy per method](summary.png)"]
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
+  _plot_summary(summary, os.path.join(workdir, "summary.png"), title)
+
+
+def _plot_summary(summary: dict, path: str, title: str) -> None:
+  """Accuracy per method with its 95% interval, beside the median TTFT."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  methods = list(summary["methods"])
+  stats = [summary["methods"][m] for m in methods]
+  acc = [100 * s["accuracy"] for s in stats]
+  err = [
+    [a - 100 * s["accuracy_ci95"][0] for a, s in zip(acc, stats, strict=True)],
+    [100 * s["accuracy_ci95"][1] - a for a, s in zip(acc, stats, strict=True)],
+  ]
+  fig, (ax_acc, ax_ttft) = plt.subplots(1, 2, figsize=(9, 3.5))
+  ax_acc.bar(methods, acc, yerr=err, capsize=4, color="tab:blue")
+  ax_acc.set_ylabel("accuracy (%), 95% CI")
+  ax_acc.set_ylim(0, 100)
+  ax_ttft.bar(methods, [1e3 * (s["ttft_median_s"] or 0) for s in stats], color="tab:orange")
+  ax_ttft.set_ylabel("TTFT median (ms)")
+  for ax in (ax_acc, ax_ttft):
+    ax.tick_params(axis="x", labelrotation=20)
+  fig.suptitle(f"{title}: {summary['num_examples']} examples", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -53,6 +53,10 @@ def test_resumed_run_equals_uninterrupted(tiny_model, tmp_path):
   for m in cfg.methods:
     assert resumed["methods"][m]["accuracy"] == full["methods"][m]["accuracy"]
   assert os.path.exists(part / "summary.md")
+  with open(part / "summary.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  lo, hi = resumed["methods"]["pcw"]["accuracy_ci95"]
+  assert 0.0 <= lo <= resumed["methods"]["pcw"]["accuracy"] <= hi <= 1.0
   assert full["sandbox_isolation"] == sandbox_isolation()
   assert "Generated code ran in the sandbox: contained" in open(part / "summary.md").read()
   record = json.loads(open(part / "results.jsonl").readline())
