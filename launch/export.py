@@ -7,7 +7,12 @@ r"""Exports the adapter of a training run (newest good checkpoint) for `ps_jax.l
 LoRA folder `judger_lora/` (adapter_config.json + adapter_model.safetensors) plus
 `cache_mapper.pt` and `cache_mapper_config.json`, and our adapter.json. Both read back with
 `ps_jax.load_adapter(out)` (adapter.json records the model shape; `load_adapter(out,
-model.config)` also checks it against the model). The adapter is rebuilt from
+model.config)` also checks it against the model). Both record the base model as the run's
+model.source names it (an HF hub id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct for the embedded
+smollm2-135m-instruct, or an absolute path; and its revision when known), the peft layout as
+adapter_config.json's base_model_name_or_path and revision, so that
+`peft.AutoPeftModelForCausalLM.from_pretrained(out + "/judger_lora")` finds it; a random_init
+run records none. The adapter is rebuilt from
 WORKDIR/config.json (written by launch.train); `--step N` picks a checkpoint instead of the
 newest good one.
 """

@@ -6,6 +6,8 @@ Files: our own orbax checkpoint, or the reference release layout (a PEFT LoRA fo
 Both layouts as we write them carry `adapter.json`, which records the base model's shape, so
 `load_adapter(path)` needs no config; a reference folder without it (the authors' release)
 gets its shape from the LoRA tensors. Nothing is unpickled beyond tensors and plain values.
+The base model's name (HF hub id or path) and revision, when known, are recorded too: in
+adapter.json and as PEFT's `base_model_name_or_path` / `revision` in adapter_config.json.
 """
 
 from __future__ import annotations
@@ -28,7 +30,52 @@ from ps_jax.model import ModelConfig
 LORA_TARGETS = ("q", "k", "v", "o")
 _PEFT_MODULE = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}
 PEFT_DIR, MAPPER_FILE, MAPPER_CONFIG = "judger_lora", "cache_mapper.pt", "cache_mapper_config.json"
-META_FILE = "adapter.json"  # format + model shape (+ orbax: LoRA and mapper settings)
+META_FILE = "adapter.json"  # format, model shape, base model (+ orbax: LoRA and mapper settings)
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseModel:
+  """Which model an adapter was made for, as transformers and PEFT name it: an HF hub id or a
+  local path (`base_model_name_or_path`) and the hub revision when known."""
+
+  name_or_path: str
+  revision: str | None = None
+
+  @classmethod
+  def of(cls, config: ModelConfig | ModelShape) -> BaseModel | None:
+    """From a ModelConfig's `name_or_path` / `revision` (set by ps.load); None if unknown."""
+    if not isinstance(config, ModelConfig) or not config.name_or_path:
+      return None
+    return cls(config.name_or_path, config.revision)
+
+  @classmethod
+  def from_dict(cls, d: Any, where: str) -> BaseModel | None:
+    """From `as_dict` (adapter.json's "base_model"); null there means unknown."""
+    if d is None:
+      return None
+    if (
+      not isinstance(d, Mapping)
+      or set(d) - {"name_or_path", "revision"}
+      or not isinstance(d.get("name_or_path"), str)
+      or not d["name_or_path"]
+      or not isinstance(d.get("revision"), str | None)
+    ):
+      raise ValueError(
+        f"{where}: base_model {d!r} is neither null nor a record of a name_or_path string and "
+        "a revision (string or null)"
+      )
+    return cls(d["name_or_path"], d.get("revision"))
+
+  @classmethod
+  def from_peft_config(cls, cfg: Mapping[str, Any]) -> BaseModel | None:
+    """From a PEFT adapter_config.json (any writer's: what is not a string is ignored)."""
+    name, revision = cfg.get("base_model_name_or_path"), cfg.get("revision")
+    if not (isinstance(name, str) and name):
+      return None
+    return cls(name, revision if isinstance(revision, str) and revision else None)
+
+  def as_dict(self) -> dict[str, str | None]:
+    return {"name_or_path": self.name_or_path, "revision": self.revision}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -141,13 +188,21 @@ class LoRA(nnx.Module):
 class Adapter(nnx.Module):
   """Mapper and/or LoRA for one base model; `None` parts mean identity mapper / no LoRA.
 
-  `config` is the base model's ModelConfig or just its ModelShape (all an adapter needs).
+  `config` is the base model's ModelConfig or just its ModelShape (all an adapter needs to
+  run). `base_model` names the model (saved as PEFT's base_model_name_or_path and revision);
+  by default it is taken from a ModelConfig's `name_or_path` / `revision` (None if unknown).
   """
 
   def __init__(
-    self, config: ModelConfig | ModelShape, *, mapper: CacheMapper | None, lora: LoRA | None
+    self,
+    config: ModelConfig | ModelShape,
+    *,
+    mapper: CacheMapper | None,
+    lora: LoRA | None,
+    base_model: BaseModel | None = None,
   ):
     self.model_shape = _shape(config)
+    self.base_model = base_model if base_model is not None else BaseModel.of(config)
     self.mapper = mapper
     self.lora = lora
 
@@ -167,6 +222,7 @@ class Adapter(nnx.Module):
     shape = _shape(config)
     return cls(
       shape,
+      base_model=BaseModel.of(config),
       mapper=CacheMapper(
         shape.num_layers,
         shape.num_kv_heads,
@@ -195,7 +251,9 @@ def _check_same_model(adapter: ModelShape, model: ModelShape, where: str = "") -
 
 def save_adapter(adapter: Adapter, path: str, format: str = "orbax") -> None:  # pylint: disable=redefined-builtin
   """Writes the adapter as our orbax checkpoint or in the reference (PEFT) layout; both record
-  the model shape in adapter.json so that `load_adapter(path)` needs no config."""
+  the model shape in adapter.json so that `load_adapter(path)` needs no config, and the base
+  model (`adapter.base_model`: name_or_path and revision, null if unknown), which the PEFT
+  layout also writes as adapter_config.json's base_model_name_or_path and revision."""
   if format not in ("orbax", "peft"):
     raise ValueError(f"format={format!r}; expected 'orbax' or 'peft'")
   if format == "peft" and adapter.mapper is not None and adapter.mapper.per_head:
@@ -209,6 +267,7 @@ def save_adapter(adapter: Adapter, path: str, format: str = "orbax") -> None:  #
   meta = {
     "format": format,
     "model_shape": adapter.model_shape.as_dict(),
+    "base_model": None if adapter.base_model is None else adapter.base_model.as_dict(),
     "lora": None
     if adapter.lora is None
     else {"rank": adapter.lora.rank, "alpha": adapter.lora.alpha},
@@ -242,14 +301,15 @@ def load_adapter(path: str, config: ModelConfig | None = None) -> Adapter:
   if meta is not None and not isinstance(meta, dict):
     raise ValueError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
   given = None if config is None else ModelShape.of(config)
-  recorded = None
+  recorded = base_model = None
   if meta is not None:
     recorded = ModelShape.from_dict(meta.get("model_shape"), meta_path)
+    base_model = BaseModel.from_dict(meta.get("base_model"), meta_path)
     if given is not None:
       _check_same_model(recorded, given, path)
     fmt = meta.get("format", "orbax")  # files written before "format" existed are orbax
     if fmt == "orbax":
-      return _load_orbax(path, meta, given or recorded)
+      return _load_orbax(path, meta, given or recorded, base_model)
     if fmt != "peft":
       raise ValueError(f"{meta_path}: format={fmt!r}; expected 'orbax' or 'peft'")
   has_lora = os.path.exists(os.path.join(path, PEFT_DIR, "adapter_config.json"))
@@ -276,7 +336,11 @@ def load_adapter(path: str, config: ModelConfig | None = None) -> Adapter:
     shape = _infer_peft_shape(os.path.join(path, PEFT_DIR))
   lora = _load_peft(os.path.join(path, PEFT_DIR), shape) if has_lora else None
   mapper = _load_reference_mapper(path, shape) if has_mapper else None
-  return Adapter(shape, mapper=mapper, lora=lora)
+  if base_model is None and has_lora and (meta is None or "base_model" not in meta):
+    # A reference folder, or ours from before adapter.json named the base model: PEFT's own.
+    peft_config = _read_json(os.path.join(path, PEFT_DIR, "adapter_config.json"))
+    base_model = BaseModel.from_peft_config(peft_config)
+  return Adapter(shape, mapper=mapper, lora=lora, base_model=base_model)
 
 
 def _read_json(path: str):
@@ -287,7 +351,7 @@ def _read_json(path: str):
     raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
-def _load_orbax(path: str, meta: dict, shape: ModelShape) -> Adapter:
+def _load_orbax(path: str, meta: dict, shape: ModelShape, base_model: BaseModel | None) -> Adapter:
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
   rngs = nnx.Rngs(0)
@@ -295,6 +359,7 @@ def _load_orbax(path: str, meta: dict, shape: ModelShape) -> Adapter:
   try:
     adapter = Adapter(
       shape,
+      base_model=base_model,
       mapper=None
       if m is None
       else CacheMapper(
@@ -349,6 +414,8 @@ def _peft_key(layer: int, target: str, ab: str) -> str:
 
 
 def _save_peft(adapter: Adapter, folder: str) -> None:
+  """PEFT's own layout: `PeftModel.from_pretrained(base, folder)` reads it; with a known base
+  model, `AutoPeftModelForCausalLM.from_pretrained(folder)` also finds the base model."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
 
   os.makedirs(folder, exist_ok=True)
@@ -360,11 +427,14 @@ def _save_peft(adapter: Adapter, folder: str) -> None:
       tensors[_peft_key(i, t, "A")] = np.ascontiguousarray(a[i].T)  # [r, in]
       tensors[_peft_key(i, t, "B")] = np.ascontiguousarray(b[i].T)  # [out, r]
   save_file(tensors, os.path.join(folder, "adapter_model.safetensors"))
+  base = adapter.base_model
   with open(os.path.join(folder, "adapter_config.json"), "w") as f:
     json.dump(
       {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": None if base is None else base.name_or_path,
+        "revision": None if base is None else base.revision,
         "r": lora.rank,
         "lora_alpha": lora.alpha,
         "lora_dropout": 0.0,

@@ -315,6 +315,7 @@ def write_tiny_gguf(
   tokenizer=None,
   arch: str = "llama",
   rope_freqs: bool = True,
+  metadata: dict[str, str] | None = None,
 ) -> str:
   """Writes a TinyHF Llama as an F32 GGUF file the way llama.cpp's converter does.
 
@@ -322,7 +323,8 @@ def write_tiny_gguf(
   reversed dims); a llama3-scaled model gets a `rope_freqs.weight` tensor (when rope_freqs)
   and no rope.scaling.type, as convert_hf_to_gguf.py writes Llama 3.1+. With `tokenizer`
   (e.g. from `tiny_tokenizer`), its BPE vocab, merges, special ids and chat template are
-  embedded as a "gpt2" tokenizer (SmolLM2's kind). Returns the path.
+  embedded as a "gpt2" tokenizer (SmolLM2's kind). `metadata`: extra string fields (e.g.
+  general.source.repo_url). Returns the path.
   """
   import gguf  # pylint: disable=import-outside-toplevel
 
@@ -342,6 +344,8 @@ def write_tiny_gguf(
   w.add_rope_freq_base(c.rope_parameters["rope_theta"])
   w.add_vocab_size(c.vocab_size)
   w.add_file_type(gguf.LlamaFileType.ALL_F32)
+  for key, value in (metadata or {}).items():
+    w.add_string(key, value)
   if tokenizer is not None:
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     vocab = spec["model"]["vocab"]

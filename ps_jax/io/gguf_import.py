@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
 from ps_jax.io.params import decoder_rules, load_params
+from ps_jax.io.registry import HUB_IDS, embedded_name
 from ps_jax.model import ModelConfig, Transformer
 
 _B = "blk.{i}."
@@ -42,7 +44,23 @@ def _field(reader, key, default=None):
   return default if f is None else f.contents()
 
 
-def config_from_gguf(reader) -> ModelConfig:
+_HF_REPO_URL = re.compile(r"https://huggingface\.co/([\w.-]+(?:/[\w.-]+)?)/?")
+
+
+def gguf_provenance(reader, path: str) -> tuple[str, str | None]:
+  """(name_or_path, revision) of a GGUF file, as PEFT would name its base model: the HF hub id
+  of an embedded model (ps_jax.io.registry) or of the hub repository the file records as its
+  conversion source (general.source.repo_url), else the file's absolute path."""
+  name = embedded_name(path)
+  if name is not None:
+    return HUB_IDS[name]
+  url = _field(reader, "general.source.repo_url")
+  m = _HF_REPO_URL.fullmatch(url) if isinstance(url, str) else None
+  return (m.group(1), None) if m else (os.path.abspath(path), None)
+
+
+def config_from_gguf(reader, path: str | None = None) -> ModelConfig:
+  """The file's ModelConfig; with `path`, also where it comes from (`gguf_provenance`)."""
   arch = _field(reader, "general.architecture")
   if arch != "llama":
     raise ValueError(f"GGUF architecture {arch!r} is not supported (supported: 'llama')")
@@ -60,6 +78,7 @@ def config_from_gguf(reader) -> ModelConfig:
     raise ValueError(
       f"GGUF rope scaling is not supported yet: {_field(reader, p + 'rope.scaling.type')!r}"
     )
+  name_or_path, revision = (None, None) if path is None else gguf_provenance(reader, path)
   return ModelConfig(
     family="llama",
     vocab_size=int(vocab),
@@ -75,6 +94,8 @@ def config_from_gguf(reader) -> ModelConfig:
     max_position_embeddings=int(_field(reader, p + "context_length", 8192)),
     bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
     eos_token_ids=() if eos is None else (int(eos),),
+    name_or_path=name_or_path,
+    revision=revision,
   )
 
 
@@ -84,7 +105,7 @@ def load_gguf(path: str, *, dtype) -> Transformer:
   if not os.path.exists(path):
     raise FileNotFoundError(path)
   reader = gguf.GGUFReader(path)
-  config = config_from_gguf(reader)
+  config = config_from_gguf(reader, path)
   tensors = {t.name: t for t in reader.tensors}
   hooks = {
     # numpy dequantization yields torch-like [out, in]; our kernels are [in, out].

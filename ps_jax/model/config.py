@@ -47,6 +47,12 @@ class ModelConfig:
   max_position_embeddings: int = 8192
   bos_token_id: int | None = None
   eos_token_ids: tuple[int, ...] = ()
+  # Where the weights come from, as transformers/PEFT name a base model: an HF hub id or a local
+  # path, and the hub revision (commit) when known. Set by ps.load / ps.io.load_config; an
+  # adapter made for this model records them (PEFT's base_model_name_or_path and revision).
+  # Provenance, not architecture: ignored by ==, hash and the fingerprint.
+  name_or_path: str | None = dataclasses.field(default=None, compare=False)
+  revision: str | None = dataclasses.field(default=None, compare=False)
 
   def __post_init__(self):
     if self.family not in SUPPORTED_MODEL_TYPES:

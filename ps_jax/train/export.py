@@ -4,7 +4,10 @@ A training workdir holds `config.json` (the run's config, written by launch.trai
 `checkpoints/<step>/` (orbax; the state's `trainable` is the pure dict of the adapter's
 LoRAParam + MapperParam leaves, see ps_jax.train.step.TrainState). The adapter is rebuilt with
 the run's model shape and adapter options, its trainable leaves are restored from the
-checkpoint, and it is written with `ps_jax.save_adapter`.
+checkpoint, and it is written with `ps_jax.save_adapter`, which records the base model as
+`ps.io.load_config(model.source)` names it (HF hub id or absolute path, and revision when
+known; PEFT's base_model_name_or_path). A run on a randomly initialised model (random_init)
+has no base model to name: its export records none.
 """
 
 from __future__ import annotations
@@ -60,12 +63,15 @@ class RunInfo:
       ) from None
 
   def model_config(self) -> ModelConfig:
-    """The base model's config (weights are not loaded)."""
+    """The base model's config (weights are not loaded), with its name_or_path and revision;
+    a random_init run's model is no published model, so it has neither."""
     from ps_jax.io import load_config  # pylint: disable=import-outside-toplevel
 
     config = load_config(self.model_source)
     if self.random_init:
-      config = dataclasses.replace(config, **self.random_shape)
+      config = dataclasses.replace(
+        config, **{**self.random_shape, "name_or_path": None, "revision": None}
+      )
     return config
 
 
@@ -170,6 +176,7 @@ def export_adapter(
       "random_init": run.random_init,
       "random_shape": dict(run.random_shape),
     },
+    "base_model": None if adapter.base_model is None else adapter.base_model.as_dict(),
     "adapter": dataclasses.asdict(run.adapter),
   }
   with open(os.path.join(out, EXPORT_INFO), "w") as f:

@@ -1,8 +1,9 @@
 """launch.export: train the tiny config for 2 steps, export orbax and peft, read both back.
 
 The exported adapters must give the same synthesis logits as the adapter rebuilt from the
-training checkpoint (orbax: bit-identical; peft: <= 1e-6), and the PEFT folder must load in
-`peft` on a transformers Llama of the same shape with the same LoRA weights.
+training checkpoint (orbax: bit-identical; peft: <= 1e-6). A peft export names its base model
+(adapter_config.json's base_model_name_or_path), and peft run on that model with the exported
+LoRA reproduces ps_jax's logits.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import sys
 import numpy as np
 import pytest
 
+import helpers
 import ps_jax as ps
+from ps_jax.adapter import BaseModel
 from ps_jax.train import export as ex
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -161,41 +164,117 @@ def test_layouts(run):
     assert os.path.exists(os.path.join(outs["peft"], name)), name
 
 
-def test_peft_folder_loads_in_peft(run, reference):
-  """PeftModel.from_pretrained on a transformers Llama of the run's shape reads our LoRA."""
-  torch = pytest.importorskip("torch")
-  peft = pytest.importorskip("peft")
-  transformers = pytest.importorskip("transformers")
-  adapter = reference[0]
-  config = ex.read_run(run[0]).model_config()
-  hf_config = transformers.LlamaConfig(
-    vocab_size=128,
-    hidden_size=config.hidden_size,
-    intermediate_size=config.intermediate_size,
-    num_hidden_layers=config.num_layers,
-    num_attention_heads=config.num_heads,
-    num_key_value_heads=config.num_kv_heads,
-    head_dim=config.head_dim,
+def test_random_init_run_names_no_base_model(run):
+  """The tiny run's model is random (random_init): no published model to name, so the exports
+  record none (not the SmolLM2 whose tokenizer and vocabulary it borrows)."""
+  _, outs = run
+  with open(os.path.join(outs["peft"], "judger_lora", "adapter_config.json")) as f:
+    peft_config = json.load(f)
+  assert peft_config["base_model_name_or_path"] is None and peft_config["revision"] is None
+  for out in outs.values():
+    for name in ("adapter.json", ex.EXPORT_INFO):
+      with open(os.path.join(out, name)) as f:
+        assert json.load(f)["base_model"] is None, (out, name)
+    assert ps.load_adapter(out).base_model is None
+
+
+def _fake_run(workdir: str, source: str, adapter_options: dict, fill_seed: int) -> ps.Adapter:
+  """A training workdir as launch.train leaves it (config.json, one checkpoint at step 1) for
+  the model at `source`, whose adapter has every weight random and non-zero (LoRA B included),
+  without training. Returns that adapter."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  from ps_jax.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+  from ps_jax.train.step import (  # pylint: disable=import-outside-toplevel
+    OptimizerConfig,
+    init_state,
+    make_optimizer,
   )
-  torch.manual_seed(0)
-  hf = transformers.LlamaForCausalLM(hf_config)
-  model = peft.PeftModel.from_pretrained(hf, os.path.join(run[1]["peft"], "judger_lora"))
-  layers = model.base_model.model.model.layers
-  for i, layer in enumerate(layers):
-    for t, name in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj")):
-      proj = getattr(layer.self_attn, name)
-      a = proj.lora_A["default"].weight.detach().numpy()  # [r, in]
-      b = proj.lora_B["default"].weight.detach().numpy()  # [out, r]
-      np.testing.assert_array_equal(a, np.asarray(adapter.lora.a[t][...])[i].T)
-      np.testing.assert_array_equal(b, np.asarray(adapter.lora.b[t][...])[i].T)
-      assert proj.scaling["default"] == pytest.approx(adapter.lora.scale)
-  # The LoRA changes the forward (B is trained, so not zero).
-  ids = torch.tensor([[1, 5, 9, 3]])
+
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, ex.CONFIG_FILE), "w") as f:
+    json.dump({"model": {"source": source}, "adapter": adapter_options, "optimizer": {}}, f)
+  adapter = ps.Adapter.create(ps.io.load_config(source), **adapter_options)
+  graphdef, state = nnx.split(adapter)
+  rng = np.random.default_rng(fill_seed)
+  pure = jax.tree.map(
+    lambda x: (0.2 * rng.standard_normal(np.shape(x))).astype(np.float32),
+    nnx.to_pure_dict(state),
+  )
+  nnx.replace_by_pure_dict(state, pure)
+  adapter = nnx.merge(graphdef, state)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1)
+  ckpt.save(1, init_state(adapter, make_optimizer(OptimizerConfig())), {})
+  ckpt.manager.close()
+  return adapter
+
+
+def test_peft_export_names_its_base_model_and_peft_reproduces_the_logits(tmp_path):
+  """A run on a local transformers folder exported as peft: adapter_config.json names that
+  folder as base_model_name_or_path, and peft (PeftModel on AutoModelForCausalLM of the folder,
+  and AutoPeftModelForCausalLM finding the base model by itself) gives the logits of ps_jax's
+  forward with the exported LoRA on every token, to 1e-4 in fp32."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  from peft import (  # pylint: disable=import-outside-toplevel
+    AutoPeftModelForCausalLM,
+    PeftModel,
+  )
+  from transformers import AutoModelForCausalLM  # pylint: disable=import-outside-toplevel
+
+  folder = helpers.tiny_hf_model("llama", tmp_path / "base", seed=7).path
+  options = {"rank": 4, "alpha": 8.0, "seed": 3}
+  trained = _fake_run(str(tmp_path / "run"), folder, options, fill_seed=11)
+  out = str(tmp_path / "export")
+  info = ex.export_adapter(str(tmp_path / "run"), out, "peft")
+
+  expected = {"name_or_path": os.path.abspath(folder), "revision": None}
+  assert info["base_model"] == expected
+  with open(os.path.join(out, "judger_lora", "adapter_config.json")) as f:
+    peft_config = json.load(f)
+  assert peft_config["base_model_name_or_path"] == os.path.abspath(folder)
+  assert peft_config["revision"] is None
+  with open(os.path.join(out, "adapter.json")) as f:
+    assert json.load(f)["base_model"] == expected
+  loaded = ps.load_adapter(out)
+  assert loaded.base_model == BaseModel(os.path.abspath(folder))
+  np.testing.assert_array_equal(
+    np.asarray(loaded.lora.b["v"][...]), np.asarray(trained.lora.b["v"][...])
+  )
+  assert float(np.abs(np.asarray(loaded.lora.b["q"][...])).min()) > 0  # B random, non-zero
+
+  model, _ = ps.load(folder)
+  assert model.config.name_or_path == os.path.abspath(folder)
+  tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, (2, 12))
+  ours = np.asarray(
+    model(jnp.asarray(tokens), lora=loaded.lora.weights(jnp.float32), lora_scale=loaded.lora.scale)[
+      0
+    ]
+  )
+  without_lora = np.asarray(model(jnp.asarray(tokens))[0])
+
+  ids = torch.tensor(tokens)
+  base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+  peft_model = PeftModel.from_pretrained(base, os.path.join(out, "judger_lora")).eval()
+  auto = AutoPeftModelForCausalLM.from_pretrained(
+    os.path.join(out, "judger_lora"), dtype=torch.float32
+  ).eval()
   with torch.no_grad():
-    with_lora = model(ids).logits
-    with model.disable_adapter():
-      without = model(ids).logits
-  assert (with_lora - without).abs().max() > 0
+    theirs = peft_model(ids).logits.numpy()
+    theirs_auto = auto(ids).logits.numpy()
+    with peft_model.disable_adapter():
+      theirs_without = peft_model(ids).logits.numpy()
+  d = float(np.abs(ours - theirs).max())
+  d_auto = float(np.abs(ours - theirs_auto).max())
+  d_base = float(np.abs(without_lora - theirs_without).max())
+  lora_effect = float(np.abs(ours - without_lora).max())
+  print(
+    f"\nexported LoRA, ps_jax vs peft logits max diff {d:.2e} (AutoPeftModel {d_auto:.2e}; "
+    f"base model {d_base:.2e}); the LoRA moves the logits by up to {lora_effect:.3f}"
+  )
+  assert d <= 1e-4 and d_auto <= 1e-4 and d_base <= 1e-4
+  assert lora_effect > 1e-1  # the comparison is not vacuous
 
 
 def test_falls_back_past_a_corrupt_checkpoint(run, tmp_path, reference):

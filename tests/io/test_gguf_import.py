@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import hypothesis
 import hypothesis.strategies as st
@@ -57,7 +58,6 @@ def test_tiny_gguf_equals_safetensors(llama_gguf):
 
 def test_writer_agrees_with_transformers_gguf_loader(llama_gguf):
   """transformers reads our tiny GGUF to the same logits: the test file is llama.cpp's layout."""
-  import os  # pylint: disable=import-outside-toplevel
 
   import torch  # pylint: disable=import-outside-toplevel
   from transformers import AutoModelForCausalLM  # pylint: disable=import-outside-toplevel
@@ -146,3 +146,22 @@ def test_gguf_missing_tensor_named(tiny, tmp_path):
   w.close()
   with pytest.raises(KeyError, match="blk.1.attn_k.weight"):
     load_gguf(path, dtype=np.float32)
+
+
+def test_gguf_source_is_recorded(llama_gguf, tmp_path):
+  """name_or_path (PEFT's base_model_name_or_path for adapters of the model): the file's
+  absolute path; the hub repository the file names as its conversion source; the hub id of an
+  embedded model."""
+  tiny_hf, _, path, *_ = llama_gguf
+  config = ps_jax.io.load_config(os.path.relpath(path))
+  assert (config.name_or_path, config.revision) == (os.path.abspath(path), None)
+  sourced = helpers.write_tiny_gguf(
+    tiny_hf,
+    tmp_path / "sourced.gguf",
+    metadata={"general.source.repo_url": "https://huggingface.co/org/tiny-llama"},
+  )
+  model, _ = ps_jax.load(sourced)
+  assert (model.config.name_or_path, model.config.revision) == ("org/tiny-llama", None)
+  assert model.config == config  # provenance is not architecture
+  smollm2 = ps_jax.io.load_config("smollm2-135m-instruct")
+  assert smollm2.name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -163,3 +163,26 @@ def test_config_json_is_the_one_parsed(copy_of):
   model, _ = ps_jax.load(copy_of)
   assert model.config.num_layers == cfg["num_hidden_layers"]
   assert model.config.rope_theta == cfg["rope_parameters"]["rope_theta"]
+
+
+def test_source_is_recorded(llama_folder, tmp_path):
+  """name_or_path / revision (PEFT's base_model_name_or_path / revision for adapters of the
+  model): a folder's absolute path; a hub-cache snapshot's hub id and commit; the commit that
+  huggingface_hub recorded for a local_dir download."""
+  path = os.path.abspath(llama_folder.path)
+  model, _ = ps_jax.load(os.path.relpath(path))
+  assert (model.config.name_or_path, model.config.revision) == (path, None)
+  commit = "0123456789abcdef0123456789abcdef01234567"
+  snapshot = tmp_path / "hub" / "models--org--tiny-llama" / "snapshots" / commit
+  shutil.copytree(path, snapshot)
+  config = ps_jax.io.load_config(str(snapshot))
+  assert (config.name_or_path, config.revision) == ("org/tiny-llama", commit)
+  assert config == model.config  # provenance is not architecture
+  local = tmp_path / "local"
+  shutil.copytree(path, local)
+  (local / ".cache" / "huggingface" / "download").mkdir(parents=True)
+  (local / ".cache" / "huggingface" / "download" / "config.json.metadata").write_text(
+    f'{commit}\n"etag"\n1700000000.0\n'
+  )
+  config = ps_jax.io.load_config(str(local))
+  assert (config.name_or_path, config.revision) == (str(local), commit)

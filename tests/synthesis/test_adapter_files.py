@@ -6,6 +6,7 @@ PEFT export is readable by peft, and a crafted cache_mapper.pt is refused withou
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 
@@ -18,7 +19,7 @@ from flax import nnx
 import helpers
 import ps_jax as ps
 import torch_reference as tr
-from ps_jax.adapter import ModelShape
+from ps_jax.adapter import BaseModel, ModelShape
 from synth_helpers import logits_np, max_diff, random_adapter, report, valid_rows_diff
 
 FAMILY = "llama"
@@ -64,6 +65,7 @@ def test_round_trip_is_exact(setup, fmt, with_config):
   args = (s["model"].config,) if with_config else ()
   loaded = ps.load_adapter(str(s["root"] / fmt), *args)
   assert loaded.model_shape == ModelShape.of(s["model"].config)
+  assert loaded.base_model == s["adapter"].base_model == BaseModel(s["tiny_hf"].path)
   jax.tree.map(np.testing.assert_array_equal, _pure(loaded), _pure(s["adapter"]))
   assert loaded.lora.rank == 4 and loaded.lora.scale == s["adapter"].lora.scale == 2.0
   d = max_diff(_logits(s, loaded), _logits(s, s["adapter"]))
@@ -86,12 +88,46 @@ def test_reference_folder_without_adapter_json_infers_the_shape(setup, tmp_path)
     "kv_size": c.num_kv_heads * c.head_dim,
   }
   assert loaded.mapper.num_kv_heads is None  # shared over heads: broadcast in the forward
+  assert loaded.base_model == s["adapter"].base_model  # PEFT's base_model_name_or_path
   jax.tree.map(np.testing.assert_array_equal, _pure(loaded), _pure(s["adapter"]))
   d = max_diff(_logits(s, loaded), _logits(s, s["adapter"]))
   report("reference folder, shape inferred from the LoRA: logits max diff", d)
   assert d == 0.0
   # With the config the full shape is kept (and checked against the tensors).
   assert ps.load_adapter(str(tmp_path), c).model_shape == ModelShape.of(c)
+
+
+def test_base_model_record(setup, tmp_path):
+  """adapter.json and PEFT's adapter_config.json name the base model (hub id and revision here);
+  an adapter of a bare shape names none (null); a malformed record is refused by name."""
+  s = setup
+  lora = s["adapter"].lora
+  named = ps.Adapter(
+    s["adapter"].model_shape,
+    mapper=None,
+    lora=lora,
+    base_model=BaseModel("org/tiny-llama", "0123456789abcdef0123456789abcdef01234567"),
+  )
+  bare = ps.Adapter(s["adapter"].model_shape, mapper=None, lora=lora)
+  assert bare.base_model is None
+  for adapter in (named, bare):
+    for fmt in ("orbax", "peft"):
+      folder = tmp_path / f"{fmt}_{adapter.base_model is not None}"
+      ps.save_adapter(adapter, str(folder), format=fmt)
+      assert ps.load_adapter(str(folder)).base_model == adapter.base_model
+  with open(tmp_path / "peft_True" / "judger_lora" / "adapter_config.json") as f:
+    peft_config = json.load(f)
+  assert peft_config["base_model_name_or_path"] == "org/tiny-llama"
+  assert peft_config["revision"] == named.base_model.revision
+  with open(tmp_path / "peft_False" / "judger_lora" / "adapter_config.json") as f:
+    peft_config = json.load(f)
+  assert peft_config["base_model_name_or_path"] is None and peft_config["revision"] is None
+  meta_path = tmp_path / "orbax_True" / "adapter.json"
+  meta = json.loads(meta_path.read_text())
+  meta["base_model"] = {"name_or_path": 3}
+  meta_path.write_text(json.dumps(meta))
+  with pytest.raises(ValueError, match=re.escape(str(meta_path)) + ": base_model"):
+    ps.load_adapter(str(tmp_path / "orbax_True"))
 
 
 class _Hostile:
