@@ -38,11 +38,27 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       num_branches=(2, 4),
       difficulty=1,
       seed=0,
-      extra_jsonl=(),
+      # Training rows, in order: "synthetic" (the families above), "jsonl:PATH",
+      # "tfds:NAME[:SPLIT]", "hf:NAME[:SPLIT]" (hub id or local folder), "hf:NAME:CONFIG:SPLIT",
+      # "hf:json:FILES[:SPLIT]"; see ps_jax/data/sources.py. E.g.
+      # --config.data.sources='("synthetic", "jsonl:workdir/distill/distilled.jsonl")'
+      sources=("synthetic",),
+      tfds_data_dir="",  # for tfds: sources; "" = tfds's default (or $TFDS_DATA_DIR)
     )
   )
   c.pipeline = ml_collections.ConfigDict(
-    dict(batch_size=4, max_branches=4, branch_tokens=64, synth_tokens=128, target_tokens=16, seed=0)
+    dict(
+      batch_size=4,
+      max_branches=4,
+      branch_tokens=64,
+      synth_tokens=128,
+      target_tokens=16,
+      seed=0,
+      worker_count=0,  # grain worker processes that tokenize; 0 = in the training process
+      worker_buffer_size=2,
+      read_threads=1,
+      prefetch_batches=4,
+    )
   )
   c.train = ml_collections.ConfigDict(dict(num_steps=300, eval_every=100, eval_batches=6))
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=50, max_to_keep=3))

@@ -3,13 +3,15 @@ r"""Distillation from text synthesis (DESIGN.md 2.8 role (c)): N workers of the 
 is the target. Writes training rows (query, answer, contexts) for `launch.train`.
 
   python -m launch.distill --config configs/distill.py --workdir workdir/distill \
-      --config.input=questions.jsonl
+      --config.input=jsonl:questions.jsonl
 
-`--config.input` is a JSONL file with a `query` (or `question`) per line, optional `contexts`
-(or `agent_reference_contexts`) and an optional `answer`/`gold` (kept as
-meta.distill.reference_answer), or `synthetic[:family1,family2]` for the synthetic suite
-(`config.synthetic` sets split, size, seed). `config.branches`: "workers" samples
-`num_branches` workers per query, "contexts" uses the row's contexts, "auto" (default) the
+`--config.input` is a source string (ps_jax/data/sources.py): `jsonl:PATH` (or a bare path), a
+local or hub dataset `hf:NAME[:SPLIT]` (also `hf:NAME:CONFIG:SPLIT`, `hf:json:FILES[:SPLIT]`),
+a prepared tfds dataset `tfds:NAME[:SPLIT]` (from `config.tfds_data_dir`), whose records have
+a `query` (or `question`), optional `contexts` (or `agent_reference_contexts`) and an optional
+`answer`/`gold` (kept as meta.distill.reference_answer); or `synthetic[:family1,family2]` for
+the synthetic suite (`config.synthetic` sets split, size, seed). `config.branches`: "workers"
+samples `num_branches` workers per query, "contexts" uses the row's contexts, "auto" (default) the
 contexts when a row has them and workers otherwise. The output (default WORKDIR/distilled.jsonl,
 or `--config.output=...`) is resumable: rerun the same command after an interruption.
 
@@ -19,7 +21,7 @@ synth_max_new_tokens + EOS), or launch.train skips them as too long; launch.dist
 exact sizes its output needs, e.g.
 
   python -m launch.train --config configs/demo.py --workdir workdir/demo_distill \
-      --config.data.extra_jsonl=workdir/distill/distilled.jsonl \
+      --config.data.sources='("synthetic", "jsonl:workdir/distill/distilled.jsonl")' \
       --config.pipeline.branch_tokens=256 --config.pipeline.target_tokens=257 \
       --config.pipeline.synth_tokens=384
 
@@ -47,7 +49,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       random_shape=ml_collections.ConfigDict(),
     )
   )
-  c.input = "synthetic:majority_vote,verified_candidate"
+  c.input = "synthetic:majority_vote,verified_candidate"  # a source string (see above)
+  c.tfds_data_dir = ""  # for a tfds: input; "" = tfds's default (or $TFDS_DATA_DIR)
   c.synthetic = ml_collections.ConfigDict(
     dict(split="train", per_family=100, seed=0, num_branches=(3, 3), difficulty=1)
   )

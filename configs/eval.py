@@ -3,8 +3,10 @@ r"""Evaluate text vs cache synthesis on a benchmark; the dataset is the config's
   python -m launch.eval --config configs/eval.py:humaneval --workdir workdir/eval_humaneval
 
 Datasets: gsm8k, aime2024, aime2025, gpqa_diamond, medqa, humaneval, humanevalplus, mbppplus.
-Overrides: --config.path=FILE.jsonl (local data in the public schema), --config.limit=N,
---config.adapter=DIR (a trained adapter), --config.methods='("text","parallel_synthesis")'.
+Overrides: --config.path=SOURCE (the data, in the dataset's public schema: FILE.jsonl or
+jsonl:FILE, hf:NAME[:SPLIT] for a hub id or a local `datasets` folder, hf:json:FILES[:SPLIT],
+tfds:NAME[:SPLIT]; see ps_jax/data/sources.py), --config.limit=N, --config.adapter=DIR (a
+trained adapter), --config.methods='("text","parallel_synthesis")'.
 """
 
 import ml_collections
@@ -31,7 +33,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.dtype = "float32"
   c.adapter = ""  # our orbax adapter, a reference release dir, or "" (identity mapper, no LoRA)
   c.dataset = arg
-  c.path = ""  # local JSONL in the dataset's public schema; "" = the HF hub (or the package)
+  # A source string (FILE.jsonl, jsonl:FILE, hf:NAME[:SPLIT], tfds:NAME[:SPLIT], ...) in the
+  # dataset's public schema; "" = the dataset's hub id (pip install 'ps_jax[hub]') or package.
+  c.path = ""
   c.split = ""  # "" = the dataset's default split
   c.limit = -1  # -1 = all examples
   c.methods = ("text", "pcw", "parallel_synthesis")

@@ -1,7 +1,7 @@
 r"""Distils training rows from the base model's text synthesizer (DESIGN.md 2.8 role (c)).
 
   python -m launch.distill --config configs/distill.py --workdir workdir/distill \
-      --config.input=questions.jsonl
+      --config.input=jsonl:questions.jsonl
 
 Writes WORKDIR/distilled.jsonl (or --config.output) row by row; rerunning the same command
 resumes (rows already in the output are skipped). See configs/distill.py for the options.
@@ -53,6 +53,7 @@ def main(argv):
   syn = c.synthetic
   inputs, input_stats = distill_lib.load_inputs(
     c.input,
+    tfds_data_dir=c.tfds_data_dir or None,
     split=syn.split,
     per_family=syn.per_family,
     seed=syn.seed,
@@ -75,7 +76,7 @@ def main(argv):
   print(
     f"train on it (these pipeline sizes keep every row; rows that do not fit are skipped "
     f"as too long): python -m launch.train --config configs/demo.py --workdir W "
-    f"--config.data.extra_jsonl={output} {sizes}"
+    f'--config.data.sources=\'("synthetic", "jsonl:{output}")\' {sizes}'
   )
 
 

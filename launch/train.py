@@ -2,6 +2,10 @@ r"""Train a Parallel-Synthesis adapter (mapper + LoRA), then evaluate it on held
 
   python -m launch.train --config configs/demo.py --workdir workdir/demo
 
+Training rows come from `--config.data.sources` (the synthetic suite, jsonl:, tfds:, hf:
+sources; see configs/demo.py), tokenized by the grain pipeline (`--config.pipeline.worker_count`
+worker processes). Writes metrics.jsonl and loss.png to --workdir.
+
 Resumes automatically from the newest good checkpoint in --workdir. Multi-host: pass
 --coordinator_address, --num_processes and --process_id (or rely on the TPU/SLURM
 auto-detection of `jax.distributed.initialize`) to run one process per host.

@@ -40,7 +40,10 @@ def build_model(cfg):
 
   if not cfg.random_init:
     return ps.load(cfg.source, dtype=dtype(cfg.dtype))
-  config = dataclasses.replace(ps.io.load_config(cfg.source), **dict(cfg.random_shape))
+  # A random model borrows the source's tokenizer and vocabulary, not its identity.
+  config = dataclasses.replace(
+    ps.io.load_config(cfg.source), **dict(cfg.random_shape), name_or_path=None, revision=None
+  )
   return (
     ps.Transformer(config, dtype=dtype(cfg.dtype), rngs=nnx.Rngs(0)),
     ps.io.load_tokenizer(cfg.source),
@@ -48,27 +51,51 @@ def build_model(cfg):
 
 
 def build_rows(cfg):
-  """(train rows, held-out rows, RowStats of rows the JSONL sources skipped) from the
-  synthetic suite plus any extra JSONL row files."""
-  from ps_jax.data import JsonlSource, RowStats, synthetic  # pylint: disable=import-outside-toplevel
+  """(train rows, held-out rows, RowStats of the rows the sources skipped while loading).
 
+  Training rows: the sources of `cfg.sources` in order, each a source string
+  (ps_jax.data.sources): "synthetic" (the suite's train split of `cfg.families`;
+  "synthetic:f1,f2" for other families), "jsonl:PATH", "tfds:NAME[:SPLIT]" (from
+  `cfg.tfds_data_dir`), "hf:NAME[:SPLIT]" and the other hf: forms. Held-out rows: the suite's
+  held-out split of `cfg.families`, whatever the training sources. Every source string is
+  parsed before any is read, so a typo fails at once.
+  """
+  from ps_jax.data import (  # pylint: disable=import-outside-toplevel
+    ConcatRows,
+    RowStats,
+    open_source,
+    parse_source,
+    synthetic,
+  )
+
+  sources = (cfg.sources,) if isinstance(cfg.sources, str) else tuple(cfg.sources)
+  if not sources:
+    raise ValueError("data.sources is empty; e.g. ('synthetic',) or ('jsonl:rows.jsonl',)")
+  specs = [parse_source(s, field="data.sources") for s in sources]
   nb = tuple(cfg.num_branches)
-  train, heldout = [], []
-  for fam in cfg.families:
-    lo = max(nb[0], synthetic.FAMILIES[fam].min_branches)
-    train += synthetic.generate(
-      fam, "train", cfg.train_per_family, cfg.seed, (lo, nb[1]), cfg.difficulty
-    )
-    heldout += synthetic.generate(
-      fam, "heldout", cfg.eval_per_family, cfg.seed, (lo, nb[1]), cfg.difficulty
-    )
-  stats = RowStats()
-  for path in cfg.extra_jsonl:
-    source = JsonlSource(path)
-    train += [source[i] for i in range(len(source))]
-    logging.info("%s: %s", path, source.stats)
+
+  def suite(families, split, per_family):
+    rows = []
+    for fam in families:
+      if fam not in synthetic.FAMILIES:
+        raise ValueError(
+          f"data: unknown synthetic family {fam!r}; known: {sorted(synthetic.FAMILIES)}"
+        )
+      lo = max(nb[0], synthetic.FAMILIES[fam].min_branches)
+      rows += synthetic.generate(fam, split, per_family, cfg.seed, (lo, nb[1]), cfg.difficulty)
+    return rows
+
+  parts, stats = [], RowStats()
+  for spec in specs:
+    if spec.kind == "synthetic":
+      parts.append(suite(spec.families or cfg.families, "train", cfg.train_per_family))
+      continue
+    source = open_source(spec, field="data.sources", tfds_data_dir=cfg.tfds_data_dir or None)
+    logging.info("%s: %s", spec.text, source.stats)
     stats.skipped.update(source.stats.skipped)
-  return train, heldout, stats
+    parts.append(source)
+  heldout = suite(cfg.families, "heldout", cfg.eval_per_family)
+  return ConcatRows(parts), heldout, stats
 
 
 def train_config(c):

@@ -3,10 +3,21 @@
 An example holds the branch token ids [R, S] (each context prefilled alone from position 0),
 the synthesizer tokens [T] (chat-templated latent prompt + answer + end-of-turn), a loss
 mask [T] that selects the positions whose *next* token is a target token, and the first such
-position (target_start: the loss window is [target_start, target_start + A)). Rows that cannot be
-trained on (malformed, a branch or prompt longer than its bucket) are skipped and counted.
-Order is deterministic by seed; the iterator state is checkpointable; each process reads
-its own shard of every global batch.
+position (target_start: the loss window is [target_start, target_start + A)).
+
+The pipeline (`make_dataset`) is a grain MapDataset: rows -> shuffle(seed) -> repeat ->
+`.map(TokenizeRow)` (a grain MapTransform) -> grain's ElasticIterator, which shards each
+global batch across JAX processes (grain.sharding.ShardByJaxProcess), batches, reads ahead in
+`read_threads` threads (grain.ReadOptions) and, with `worker_count` > 0, tokenizes in that
+many grain worker processes (mp_prefetch; 0 = in this process, the default: workers are
+separate Python processes that take seconds to start and pay off when tokenization, not the
+step, is the bottleneck). Order is deterministic by seed and does not depend on the number of
+processes or workers; the iterator state is checkpointable and resumes with any of them.
+
+Rows that cannot be trained on (malformed, a branch or prompt longer than its bucket) are
+skipped and counted: `select_rows` runs the same transform over all rows once, before
+training, so the pipeline draws only rows that fit (every batch is full) and the skip counts
+are known from the first step.
 """
 
 from __future__ import annotations
@@ -14,12 +25,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import grain
 import numpy as np
 
 from ps_jax.data.rows import MalformedRow, Row, RowStats, validate
 from ps_jax.prompts import PromptTemplates
+
+_SCAN_CHUNK = 64  # rows per element of the select_rows pass (fewer round trips to workers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +45,18 @@ class PipelineConfig:
   target_tokens: int = 32  # A: answer + end-of-turn (the loss window)
   seed: int = 0
   shuffle: bool = True
-  repeat: bool = True  # loop over epochs (training); False = one pass (evaluation)
+  repeat: bool = True  # loop over epochs (training); False = one pass of full batches (eval)
+  worker_count: int = 0  # grain worker processes that tokenize; 0 = in this process
+  worker_buffer_size: int = 2  # batches each worker prepares ahead
+  read_threads: int = 1  # threads per process reading ahead (grain.ReadOptions.num_threads)
+  prefetch_batches: int = 4  # batches read ahead per process (ReadOptions.prefetch_buffer_size)
+
+  def __post_init__(self):
+    for name in ("worker_count", "read_threads", "prefetch_batches"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"pipeline.{name}={getattr(self, name)} must be >= 0")
+    if self.worker_buffer_size < 1:
+      raise ValueError(f"pipeline.worker_buffer_size={self.worker_buffer_size} must be >= 1")
 
 
 @dataclasses.dataclass
@@ -116,32 +141,155 @@ def tokenize_rows(
   return TokenizedSet(examples, stats)
 
 
+class TokenizeRow(grain.transforms.Map):
+  """grain MapTransform: Row -> training example (`tokenize_row`). Picklable (the tokenizer
+  travels to grain's worker processes); raises MalformedRow for a row that does not fit."""
+
+  def __init__(
+    self, tokenizer, cfg: PipelineConfig, templates: PromptTemplates = PromptTemplates()
+  ):
+    self.tokenizer = tokenizer
+    self.cfg = cfg
+    self.templates = templates
+
+  def map(self, element: Row) -> dict[str, np.ndarray]:
+    return tokenize_row(element, self.tokenizer, self.cfg, self.templates)
+
+
+class _SkipReason(grain.transforms.Map):
+  """The empty string for a row that `tokenize` accepts, else the reason it is skipped."""
+
+  def __init__(self, tokenize: TokenizeRow):
+    self.tokenize = tokenize
+
+  def map(self, element: Row) -> str:
+    try:
+      self.tokenize.map(element)
+    except MalformedRow as e:
+      return e.reason
+    return ""
+
+
+class _Subset(Sequence):
+  """rows[index[i]]: the rows `select_rows` kept, without copying them."""
+
+  def __init__(self, rows: Sequence[Row], index: Sequence[int]):
+    self.rows = rows
+    self.index = np.asarray(index, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.index)
+
+  def __getitem__(self, i: int) -> Row:
+    return self.rows[int(self.index[i])]
+
+
+def _multiprocessing(worker_count: int, buffer_size: int) -> grain.MultiprocessingOptions | None:
+  if not worker_count:
+    return None
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  # grain's worker start-up reads an absl flag; outside an absl app (tests, notebooks) the
+  # flags are unparsed, which grain 0.2 treats as an error. Their defaults are what we want.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  return grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=buffer_size)
+
+
+def select_rows(
+  rows: Sequence[Row],
+  tokenize: TokenizeRow,
+  *,
+  stats: RowStats | None = None,
+  worker_count: int = 0,
+) -> tuple[Sequence[Row], RowStats]:
+  """(the rows `tokenize` accepts, in order; stats with the others counted by reason).
+
+  One pass of the pipeline's own transform over every row, in `worker_count` grain worker
+  processes (0 = this process). Every process of a multi-process run makes the same pass, so
+  all of them draw from the same rows.
+  """
+  stats = stats if stats is not None else RowStats()
+  ds = grain.MapDataset.source(rows).map(_SkipReason(tokenize))
+  ds = ds.batch(_SCAN_CHUNK, batch_fn=list).to_iter_dataset(
+    grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+  )
+  options = _multiprocessing(worker_count, 2)
+  if options is not None:
+    ds = ds.mp_prefetch(options)
+  keep = []
+  iterator = iter(ds)
+  try:
+    index = 0
+    for chunk in iterator:
+      for reason in chunk:
+        if reason:
+          stats.skip(reason)
+        else:
+          keep.append(index)
+          stats.valid += 1
+        index += 1
+  finally:
+    iterator.close()
+  return (rows if len(keep) == len(rows) else _Subset(rows, keep)), stats
+
+
 def make_dataset(
-  examples: Sequence[dict[str, np.ndarray]],
+  elements: Sequence[Any],
   cfg: PipelineConfig,
   *,
-  process_index: int = 0,
-  process_count: int = 1,
+  transform: grain.transforms.Map | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
 ) -> grain.IterDataset:
-  """Batches of this process's share: each global batch is split evenly across processes."""
-  if not examples:
+  """Batches of this process's share of every global batch of `cfg.batch_size`.
+
+  elements: examples, or rows with `transform=TokenizeRow(...)` (rows `select_rows` kept:
+  a row that does not fit raises here). Sharding: grain.sharding.ShardByJaxProcess, or the
+  given process_index/process_count. grain's ElasticIterator hands process p the elements
+  p, p + P, ... of each global batch, so every process steps through the same global order
+  and the global batch (up to the order of its rows) does not depend on the process count.
+  Its state, {"global_next_index": elements read by all processes}, is the same on every
+  process and resumes with any process or worker count. With repeat=False the dataset is one
+  pass of full global batches (a remainder smaller than batch_size is left out).
+  """
+  if not len(elements):
     raise ValueError("no trainable examples (all rows were skipped?)")
-  if cfg.batch_size % process_count:
+  if process_index is None and process_count is None:
+    shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+  else:
+    shard = grain.sharding.ShardOptions(process_index or 0, process_count or 1, True)
+  if cfg.batch_size % shard.shard_count:
     raise ValueError(
-      f"batch_size={cfg.batch_size} is not divisible by the {process_count} processes"
+      f"batch_size={cfg.batch_size} is not divisible by the {shard.shard_count} processes"
     )
-  ds = grain.MapDataset.source(list(examples))
+  ds = grain.MapDataset.source(elements)
   if cfg.shuffle:
     ds = ds.shuffle(seed=cfg.seed)
   if cfg.repeat:
     ds = ds.repeat()
-  # Global batches first, then this process's contiguous slice of each: every process
-  # steps through the same global order, so the global batch is independent of the count.
-  ds = ds.batch(cfg.batch_size, drop_remainder=cfg.repeat)
-  local = cfg.batch_size // process_count
-  lo, hi = process_index * local, (process_index + 1) * local
-  ds = ds.map(lambda batch: {k: v[lo:hi] for k, v in batch.items()})
-  return ds.to_iter_dataset()
+  else:
+    ds = ds[: len(ds) // cfg.batch_size * cfg.batch_size]
+  if transform is not None:
+    ds = ds.map(transform)
+  return grain.experimental.ElasticIterator(
+    ds,
+    cfg.batch_size,
+    shard,
+    read_options=grain.ReadOptions(
+      num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_batches
+    ),
+    multiprocessing_options=_multiprocessing(cfg.worker_count, cfg.worker_buffer_size),
+  )
+
+
+def resume_state(state: dict[str, Any], cfg: PipelineConfig) -> dict[str, Any]:
+  """A checkpointed pipeline state in today's form. Checkpoints written before the pipeline
+  used grain's ElasticIterator count global batches ({"next_index": n}); the order of the
+  rows is unchanged, so the position converts exactly."""
+  if "next_index" in state and "global_next_index" not in state:
+    return {"global_next_index": int(state["next_index"]) * cfg.batch_size}
+  return dict(state)
 
 
 def skip_counts(stats: RowStats) -> dict[str, int]:

@@ -8,12 +8,33 @@ one read of the data; rows are converted again, cheaply, on each access).
 
 Sources pickle cleanly (grain workers receive a copy): the JSONL source keeps only the path
 and line offsets and reopens the file on each access.
+
+Configs name a source by one string, parsed here and nowhere else (`parse_source`):
+
+  synthetic[:FAMILY,...]           the synthetic suite (ps_jax.data.synthetic)
+  jsonl:PATH                       a local JSONL file (a bare PATH.jsonl is accepted too)
+  tfds:NAME[:SPLIT]                a prepared tfds dataset in array_record format, read with
+                                   tfds.data_source from the config's tfds_data_dir (NAME may
+                                   carry /CONFIG and :VERSION, e.g. tfds:my_rows/v2:1.0.0:train)
+  hf:NAME[:SPLIT]                  Hugging Face `datasets`: a hub id, or a local folder (one
+                                   written by save_to_disk, or a folder of data files)
+  hf:NAME:CONFIG:SPLIT             a hub dataset's configuration (SPLIT may be empty)
+  hf:json|csv|parquet|text|arrow:FILES[:SPLIT]
+                                   local files through a packaged builder (FILES: a path, a
+                                   glob, or several separated by ",")
+
+SPLIT may carry a slice, e.g. train[:1000]. A missing SPLIT is the caller's default ("train"
+for training rows, the benchmark's split for evaluation).
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import itertools
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -127,6 +148,62 @@ class JsonlSource(RowSource):
     return f"JsonlSource({self.path!r}: {self.stats})"
 
 
+def _import_datasets(what: str):
+  try:
+    import datasets  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError(
+      f"{what} needs the Hugging Face `datasets` package, which is not installed: "
+      "pip install 'ps_jax[hub]' (or pip install datasets)"
+    ) from e
+  return datasets
+
+
+def _saved_to_disk(path: str) -> bool:
+  """True for a folder written by Dataset.save_to_disk or DatasetDict.save_to_disk."""
+  return os.path.isfile(os.path.join(path, "state.json")) or os.path.isfile(
+    os.path.join(path, "dataset_dict.json")
+  )
+
+
+def load_hf_dataset(
+  path: str,
+  *,
+  split: str,
+  name: str | None = None,
+  data_files: str | Sequence[str] | None = None,
+  what: str = "hf_source",
+  **load_kwargs: Any,
+):
+  """A map-style ``datasets.Dataset``: ``load_from_disk`` for a folder written by
+  ``save_to_disk`` (a DatasetDict is indexed by ``split``), else
+  ``datasets.load_dataset(path, name, split=split, [data_files=...], **load_kwargs)`` (a hub
+  id, a local folder of data files, or a packaged builder such as "json" with data_files).
+
+  Needs the optional ``datasets`` package (imported here, not at module load). Streaming
+  datasets have no random access and are refused.
+  """
+  datasets = _import_datasets(what)
+  if data_files is None and os.path.isdir(path) and _saved_to_disk(path):
+    ds = datasets.load_from_disk(path)
+    if isinstance(ds, datasets.DatasetDict):
+      if split not in ds:
+        raise ValueError(
+          f"{path!r} is a DatasetDict without split {split!r}; its splits: {sorted(ds)}"
+        )
+      ds = ds[split]
+  else:
+    if data_files is not None:
+      load_kwargs["data_files"] = data_files
+    ds = datasets.load_dataset(path, name, split=split, **load_kwargs)
+  if not hasattr(ds, "__len__"):
+    raise TypeError(
+      f"{path!r} split {split!r} loaded as {type(ds).__name__}, which has no random access; "
+      "load it without streaming=True (or pass a specific split)"
+    )
+  return ds
+
+
 def hf_source(
   path: str,
   *,
@@ -136,24 +213,9 @@ def hf_source(
   limits: RowLimits | None = None,
   **load_kwargs: Any,
 ) -> RowSource:
-  """Rows of ``datasets.load_dataset(path, name, split=split, **load_kwargs)``.
-
-  Needs the optional Hugging Face ``datasets`` package (imported here, not at module load).
-  Streaming datasets have no random access and are refused; use the map-style dataset.
-  """
-  try:
-    import datasets
-  except ImportError as e:
-    raise ImportError(
-      "hf_source needs the Hugging Face `datasets` package, which is not installed: "
-      "pip install datasets"
-    ) from e
-  ds = datasets.load_dataset(path, name, split=split, **load_kwargs)
-  if not hasattr(ds, "__len__"):
-    raise TypeError(
-      f"{path!r} split {split!r} loaded as {type(ds).__name__}, which has no random access; "
-      "load it without streaming=True (or pass a specific split)"
-    )
+  """Rows of a Hugging Face dataset (see ``load_hf_dataset``): a hub id, a local folder
+  (``save_to_disk`` output or data files), or a packaged builder with ``data_files=``."""
+  ds = load_hf_dataset(path, split=split, name=name, **load_kwargs)
   return RowSource(ds, to_row=to_row, limits=limits)
 
 
@@ -196,10 +258,205 @@ def tfds_source(
   limits: RowLimits | None = None,
 ) -> TfdsSource:
   """Rows of a prepared tfds dataset in array_record format (no TensorFlow needed)."""
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
   ds = tfds.data_source(name, split=split, data_dir=data_dir)
   return TfdsSource(ds, to_row=to_row, limits=limits)
+
+
+class ConcatRows(Sequence[Row]):
+  """Random-access concatenation of row sequences (lists of Rows, RowSources): the rows stay
+  where they are (a grain worker receives the sources, not the rows)."""
+
+  def __init__(self, parts: Iterable[Sequence[Row]]):
+    self.parts = [p for p in parts if len(p)]
+    self._ends = list(itertools.accumulate(len(p) for p in self.parts))
+
+  def __len__(self) -> int:
+    return self._ends[-1] if self._ends else 0
+
+  def __getitem__(self, index: int | slice) -> Row | list[Row]:
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(len(self)))]
+    index = int(index)
+    if index < 0:
+      index += len(self)
+    if not 0 <= index < len(self):
+      raise IndexError(f"row {index} out of range [0, {len(self)})")
+    part = bisect.bisect_right(self._ends, index)
+    return self.parts[part][index - (self._ends[part - 1] if part else 0)]
+
+  def __repr__(self) -> str:
+    return f"ConcatRows({len(self)} rows in {len(self.parts)} parts)"
+
+
+# ---------------------------------------------------------------------------- source specs
+
+KINDS = ("synthetic", "jsonl", "tfds", "hf")
+HF_BUILDERS = ("json", "csv", "parquet", "text", "arrow")  # packaged builders reading FILES
+FORMS = {
+  "synthetic": ("synthetic[:FAMILY,...]",),
+  "jsonl": ("jsonl:PATH (or a bare PATH.jsonl)",),
+  "tfds": ("tfds:NAME[:SPLIT]",),
+  "hf": (
+    "hf:NAME[:SPLIT] (a hub id or a local folder)",
+    "hf:NAME:CONFIG:SPLIT",
+    f"hf:{'|'.join(HF_BUILDERS)}:FILES[:SPLIT]",
+  ),
+}
+_VERSION = re.compile(r"^\d+\.\d+\.\d+$")  # a tfds version, as in NAME:1.0.0
+_SEP = re.compile(r":(?![^\[]*\])")  # ":" outside brackets (a split may be train[:10])
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+  """A parsed source string (see the module docstring for the forms)."""
+
+  kind: str  # one of KINDS
+  name: str = ""  # jsonl: the file; tfds: NAME[/CONFIG][:VERSION]; hf: id, folder or builder
+  split: str | None = None  # None: the caller's default split
+  config: str | None = None  # hf: the dataset configuration
+  data_files: str | None = None  # hf packaged builders: the files ("," separates several)
+  families: tuple[str, ...] = ()  # synthetic: () = the config's families
+  text: str = ""  # the string it was parsed from
+
+
+def _forms(kinds: Sequence[str]) -> str:
+  return "; ".join(f for k in kinds for f in FORMS[k])
+
+
+def parse_source(
+  spec: str, *, field: str = "source", kinds: Sequence[str] = KINDS, bare_path: bool = True
+) -> SourceSpec:
+  """Parses a source string; a ValueError names `field`, the problem and the accepted forms.
+
+  kinds: the forms the caller accepts. bare_path: a string without a known prefix that ends
+  in .jsonl or .jsonl.gz, or names an existing file, is read as `jsonl:PATH`.
+  """
+
+  def bad(problem: str) -> ValueError:
+    return ValueError(f"{field}={spec!r}: {problem}; accepted forms: {_forms(kinds)}")
+
+  if not isinstance(spec, str) or not spec.strip():
+    raise bad("expected a non-empty string")
+  spec = spec.strip()
+  kind, sep, rest = spec.partition(":")
+  if kind not in KINDS:
+    if (
+      bare_path
+      and "jsonl" in kinds
+      and (spec.endswith((".jsonl", ".jsonl.gz")) or os.path.isfile(spec))
+    ):
+      kind, rest, sep = "jsonl", spec, ":"
+    else:
+      raise bad(f"unknown source kind {kind!r}" if sep else "not a source")
+  if kind not in kinds:
+    raise bad(f"a {kind} source is not accepted here")
+  if kind == "synthetic":
+    families = tuple(f.strip() for f in rest.split(",") if f.strip())
+    if sep and not families:
+      raise bad("expected FAMILY,... after 'synthetic:'")
+    return SourceSpec("synthetic", families=families, text=spec)
+  if not rest:
+    raise bad(f"nothing after '{kind}:'")
+  if kind == "jsonl":
+    return SourceSpec("jsonl", name=rest, text=spec)
+  parts = _SEP.split(rest)
+  if kind == "tfds":
+    name, tail = parts[0], parts[1:]
+    if tail and _VERSION.match(tail[0]):
+      name, tail = f"{name}:{tail[0]}", tail[1:]
+    if len(tail) > 1 or not name:
+      raise bad("expected tfds:NAME[:SPLIT]")
+    return SourceSpec("tfds", name=name, split=(tail[0] or None) if tail else None, text=spec)
+  name, tail = parts[0], parts[1:]
+  if not name:
+    raise bad("expected a dataset name after 'hf:'")
+  if name in HF_BUILDERS and not os.path.isdir(name):
+    if not tail or not tail[0] or len(tail) > 2:
+      raise bad(f"expected hf:{name}:FILES[:SPLIT]")
+    split = tail[1] if len(tail) == 2 else None
+    return SourceSpec("hf", name=name, data_files=tail[0], split=split or None, text=spec)
+  if len(tail) > 2:
+    raise bad("too many ':' fields")
+  config = tail[0] if len(tail) == 2 else None
+  split = tail[-1] if tail else None
+  return SourceSpec("hf", name=name, config=config or None, split=split or None, text=spec)
+
+
+def missing_file(spec: SourceSpec, field: str, kinds: Sequence[str] = KINDS) -> FileNotFoundError:
+  """The error for a jsonl: spec whose file does not exist (it lists the accepted forms: a
+  mistyped spec often reads as a path)."""
+  return FileNotFoundError(
+    f"{field}={spec.text!r}: no such file {spec.name!r}; accepted forms: {_forms(kinds)}"
+  )
+
+
+def _data_files(files: str) -> str | list[str]:
+  listed = [f for f in files.split(",") if f]
+  return listed[0] if len(listed) == 1 else listed
+
+
+def open_source(
+  spec: str | SourceSpec,
+  *,
+  field: str = "source",
+  split: str = "train",
+  tfds_data_dir: str | os.PathLike[str] | None = None,
+  to_row: ToRow = parse_row,
+  limits: RowLimits | None = None,
+) -> RowSource:
+  """The RowSource of a jsonl:, tfds: or hf: spec (``synthetic`` needs the suite's settings:
+  see ps_jax.experiment.build_rows). split: the split when the spec names none."""
+  if isinstance(spec, str):
+    spec = parse_source(spec, field=field, kinds=("jsonl", "tfds", "hf"))
+  if spec.kind == "jsonl":
+    if not os.path.isfile(spec.name):
+      raise missing_file(spec, field)
+    if spec.name.endswith(".gz"):
+      raise ValueError(
+        f"{field}={spec.text!r}: gzip has no random access; decompress it (gunzip) first"
+      )
+    return JsonlSource(spec.name, to_row=to_row, limits=limits)
+  if spec.kind == "tfds":
+    return tfds_source(
+      spec.name, split=spec.split or split, data_dir=tfds_data_dir, to_row=to_row, limits=limits
+    )
+  if spec.kind == "hf":
+    return RowSource(load_hf(spec, split=split, field=field), to_row=to_row, limits=limits)
+  raise ValueError(f"{field}={spec.text!r}: a {spec.kind} source has no RowSource")
+
+
+def load_hf(spec: SourceSpec, *, split: str, field: str = "source"):
+  """The ``datasets.Dataset`` of an hf: spec (see ``load_hf_dataset``). Files read through a
+  packaged builder (hf:json:FILES) form one split, "train", whatever the caller's default."""
+  return load_hf_dataset(
+    spec.name,
+    split=spec.split or ("train" if spec.data_files else split),
+    name=spec.config,
+    data_files=_data_files(spec.data_files) if spec.data_files else None,
+    what=f"{field}={spec.text!r}",
+  )
+
+
+def open_records(
+  spec: SourceSpec,
+  *,
+  split: str,
+  field: str = "source",
+  tfds_data_dir: str | os.PathLike[str] | None = None,
+) -> Iterator[Any]:
+  """The raw records of a tfds: or hf: spec, in order, as plain Python dicts (for readers
+  with their own schema: the evaluation loaders, the distillation inputs). The dataset is
+  opened here (errors are raised now); records are read as the iterator advances."""
+  if spec.kind == "hf":
+    return iter(load_hf(spec, split=split, field=field))
+  if spec.kind == "tfds":
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+    ds = tfds.data_source(spec.name, split=spec.split or split, data_dir=tfds_data_dir)
+    return (decode_tfds_record(ds[i]) for i in range(len(ds)))
+  raise ValueError(f"{field}={spec.text!r}: open_records reads tfds: and hf: sources")
 
 
 def write_jsonl(rows: Iterable[Row | Mapping[str, Any]], path: str | os.PathLike[str]) -> int:

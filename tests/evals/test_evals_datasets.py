@@ -187,6 +187,26 @@ def test_hub_without_datasets_package(monkeypatch):
     load_eval_dataset("gsm8k")
 
 
+def test_source_strings_read_the_same_examples(tmp_path, monkeypatch):
+  """path= takes a source string: jsonl:, hf:json:FILES, a `datasets` folder, hf:DIR:SPLIT."""
+  hf = pytest.importorskip("datasets")
+  monkeypatch.setattr(hf.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+  fixture = FIXTURES / "gsm8k.jsonl"
+  expected = load_eval_dataset("gsm8k", path=str(fixture))
+  saved, splits = tmp_path / "saved", tmp_path / "splits"
+  hf.Dataset.from_list(_rows("gsm8k.jsonl")).save_to_disk(str(saved))
+  hf.DatasetDict({"test": hf.Dataset.from_list(_rows("gsm8k.jsonl"))}).save_to_disk(str(splits))
+  for path in (f"jsonl:{fixture}", f"hf:json:{fixture}", f"hf:{saved}", f"hf:{splits}:test"):
+    assert load_eval_dataset("gsm8k", path=path) == expected, path
+  assert load_eval_dataset("gsm8k", path=f"hf:{splits}", limit=1) == expected[:1]  # split "test"
+  plus = FIXTURES / "humanevalplus.jsonl"  # HumanEval's schema, read through the hf: path
+  assert load_eval_dataset("humaneval", path=f"hf:json:{plus}") == load_eval_dataset(
+    "humanevalplus", path=str(plus)
+  )
+  with pytest.raises(ValueError, match="path='synthetic': a synthetic source is not accepted"):
+    load_eval_dataset("gsm8k", path="synthetic")
+
+
 def test_limit_and_gzip(tmp_path):
   import gzip
 

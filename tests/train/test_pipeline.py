@@ -5,6 +5,7 @@ No jax program is compiled here; only SmolLM2's tokenizer is loaded (once per se
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -12,7 +13,16 @@ import numpy as np
 import pytest
 
 from ps_jax.data import synthetic
-from ps_jax.data.pipeline import PipelineConfig, make_dataset, tokenize_row, tokenize_rows
+from ps_jax.data.pipeline import (
+  PipelineConfig,
+  TokenizeRow,
+  make_dataset,
+  resume_state,
+  select_rows,
+  tokenize_row,
+  tokenize_rows,
+)
+from ps_jax.data.rows import Row, RowStats
 from ps_jax.prompts import PromptTemplates
 
 CFG = PipelineConfig(batch_size=4, max_branches=4, branch_tokens=32, synth_tokens=96, seed=0)
@@ -120,7 +130,8 @@ def test_loss_mask_selects_exactly_the_answer_and_end_of_turn(rows, tokenizer):
 
 
 @pytest.mark.parametrize("process_count", [2, 4])
-def test_process_slices_concatenate_to_the_one_process_batch(examples, process_count):
+def test_process_shares_interleave_to_the_one_process_batch(examples, process_count):
+  """grain's ElasticIterator gives process p the rows p, p + P, ... of every global batch."""
   n = 7
   whole = _batches(iter(make_dataset(examples, CFG)), n)
   parts = [
@@ -131,11 +142,12 @@ def test_process_slices_concatenate_to_the_one_process_batch(examples, process_c
     for k in whole[step]:
       local = [p[step][k] for p in parts]
       assert all(len(x) == CFG.batch_size // process_count for x in local)
-      np.testing.assert_array_equal(np.concatenate(local), whole[step][k], err_msg=k)
+      interleaved = np.stack(local, axis=1).reshape(whole[step][k].shape)
+      np.testing.assert_array_equal(interleaved, whole[step][k], err_msg=k)
 
 
 def test_process_slices_resume_from_state(examples):
-  """Each process's iterator state resumes its own slice (multi-process checkpoints)."""
+  """Each process's iterator state resumes its own share (multi-process checkpoints)."""
   it = iter(make_dataset(examples, CFG, process_index=1, process_count=2))
   _batches(it, 4)
   state = it.get_state()
@@ -150,3 +162,68 @@ def test_bad_process_split_and_empty_data_raise(examples):
     make_dataset(examples, CFG, process_index=0, process_count=3)
   with pytest.raises(ValueError, match="no trainable examples"):
     make_dataset([], CFG)
+
+
+# Rows that do not fit CFG's buckets, and the reasons they are counted under.
+UNFIT = [
+  (Row("Who?", "Ann", ("Ann was there. " * 40,)), "contexts:too_long"),
+  (Row("Who?", "Ann", tuple(f"Fact {i}." for i in range(5))), "contexts:too_many"),
+  (Row("Who?", "Ann " * 60, ("Ann was there.",)), "answer:too_long"),
+  (Row("", "Ann", ("Ann was there.",)), "query:empty"),
+]
+
+
+def _with_unfit(rows):
+  mixed = list(rows)
+  for i, (row, _) in enumerate(UNFIT):
+    mixed.insert(3 * i + 1, row)
+  return mixed
+
+
+def test_rows_tokenized_in_the_map_equal_pretokenized_examples(rows, tokenizer):
+  """select_rows keeps the rows that fit (counting the others) and the pipeline's .map
+  (TokenizeRow) then yields exactly the batches of the eagerly tokenized examples."""
+  tokenize = TokenizeRow(tokenizer, CFG)
+  kept, stats = select_rows(_with_unfit(rows), tokenize, stats=RowStats(valid=0))
+  assert len(kept) == stats.valid == len(rows)
+  assert dict(stats.skipped) == {reason: 1 for _, reason in UNFIT}
+  assert [kept[i] for i in range(len(kept))] == list(rows)
+  eager = tokenize_rows(rows, tokenizer, CFG).examples
+  _assert_same(
+    _batches(iter(make_dataset(kept, CFG, transform=tokenize)), 8),
+    _batches(iter(make_dataset(eager, CFG)), 8),
+  )
+
+
+def test_worker_processes_same_batches_and_state_portable(rows, tokenizer):
+  """Worker processes (grain mp_prefetch): the batches of the in-process pipeline, and a state
+  that resumes with any worker count (grain's ElasticIterator keeps only the position)."""
+  tokenize = TokenizeRow(tokenizer, CFG)
+  kept, stats = select_rows(_with_unfit(rows), tokenize, worker_count=1)
+  assert stats.valid == len(kept) == len(rows) and stats.num_skipped == len(UNFIT)
+  in_process = _batches(iter(make_dataset(kept, CFG, transform=tokenize)), 6)
+  workers = iter(make_dataset(kept, dataclasses.replace(CFG, worker_count=2), transform=tokenize))
+  try:
+    _assert_same(_batches(workers, 4), in_process[:4])
+    state = json.loads(json.dumps(workers.get_state()))
+  finally:
+    workers.close()
+  assert state == {"global_next_index": 4 * CFG.batch_size}
+  resumed = iter(make_dataset(kept, CFG, transform=tokenize))
+  resumed.set_state(state)
+  _assert_same(_batches(resumed, 2), in_process[4:])
+
+
+def test_checkpoint_state_of_the_previous_pipeline_resumes_exactly(examples):
+  """Checkpoints written before the ElasticIterator hold {"next_index": global batches}."""
+  it = iter(make_dataset(examples, CFG))
+  _batches(it, 3)
+  expected = _batches(it, 4)
+  fresh = iter(make_dataset(examples, CFG))
+  fresh.set_state(resume_state({"next_index": 3}, CFG))
+  _assert_same(_batches(fresh, 4), expected)
+
+
+def test_pipeline_config_rejects_negative_counts():
+  with pytest.raises(ValueError, match="pipeline.worker_count=-1 must be >= 0"):
+    PipelineConfig(worker_count=-1)

@@ -232,7 +232,8 @@ def test_unreadable_checkpoint_is_skipped_with_a_warning(
     step, _, data_state = ckpt.restore_latest(abstract_state)
   ckpt.close()
   assert step == 6
-  assert data_state == {"next_index": 6}  # the grain iterator's position: 6 batches read
+  # The grain ElasticIterator's position: 6 global batches of 2 rows read.
+  assert data_state == {"global_next_index": 12}
   warnings = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
   assert len(warnings) == 1 and "checkpoint at step 8 " in warnings[0], warnings
 

@@ -132,6 +132,29 @@ def test_rows_skipped_while_loading_are_counted_too(one_device_run):
     assert r.get("skipped/contexts:wrong_type") == 3, r  # 2 Row objects + 1 dict row
 
 
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_loss_curve_png_next_to_metrics(one_device_run):
+  workdir, _, _ = one_device_run
+  with open(os.path.join(workdir, "loss.png"), "rb") as f:
+    assert f.read(8) == PNG
+  assert os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+
+
+def test_plot_losses_with_held_out_points(tmp_path):
+  history = [{"step": s, "loss": 3.0 / s} for s in range(1, 11)]
+  for r in history[4::5]:
+    r["eval_loss"] = r["loss"] + 0.1
+  path = str(tmp_path / "loss.png")
+  loop_lib.plot_losses(history, path)
+  loop_lib.plot_losses([], str(tmp_path / "empty.png"))  # a run with no records yet
+  for p in (path, str(tmp_path / "empty.png")):
+    with open(p, "rb") as f:
+      assert f.read(8) == PNG
+  assert sorted(os.listdir(tmp_path)) == ["empty.png", "loss.png"]  # no temporary file left
+
+
 def test_only_malformed_rows_is_a_clear_error(tiny_model, tokenizer, tmp_path, monkeypatch):
   _one_device_mesh(monkeypatch)
   with pytest.raises(ValueError, match="no trainable examples"):
