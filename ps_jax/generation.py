@@ -1,7 +1,9 @@
-"""Batched generation: a jitted prefill, then decoding in one jitted `lax.while_loop`.
+"""Batched generation: a jitted chunked prefill, then decoding in one jitted `lax.while_loop`.
 
-Prompts are right-padded to a length bucket; each row's cache advances only by its real
-tokens and its positions continue from its own length, so padding never changes a result.
+Prompts are right-padded to a length bucket (multiples of the prefill chunk above it) and
+prefilled chunk by chunk into a preallocated cache (`Transformer.prefill`); each row's cache
+advances only by its real tokens and its positions continue from its own length, so padding
+never changes a result.
 Every sampled token, the last included, is fed back once, so the returned cache holds the
 KV of all generated tokens (the workers rely on this).
 """
@@ -20,7 +22,7 @@ from flax import nnx, struct
 
 from ps_jax.buckets import DEFAULT_LENGTH_BUCKETS, bucket
 from ps_jax.cache import KVCache, PrefixKV
-from ps_jax.model import Transformer
+from ps_jax.model import DEFAULT_PREFILL, PrefillConfig, Transformer
 from ps_jax.timing import timed_call
 from ps_jax.typing import Array
 
@@ -107,7 +109,8 @@ class GenerationResult:
 
 
 @functools.partial(
-  jax.jit, static_argnames=("graphdef", "cache_len", "sampling", "lora_scale", "num_samples")
+  jax.jit,
+  static_argnames=("graphdef", "cache_len", "sampling", "lora_scale", "num_samples", "prefill"),
 )
 def _prefill(
   graphdef,
@@ -123,13 +126,14 @@ def _prefill(
   sampling,
   lora_scale,
   num_samples,
+  prefill: PrefillConfig = DEFAULT_PREFILL,
 ):
   """Prefills each prompt once, then fans out num_samples rows per prompt (b -> b*n + j)."""
   model = nnx.merge(graphdef, params)
   b, t = tokens.shape
   cache = KVCache.init(model.config, b, cache_len, model.dtype)
   positions = offsets[:, None] + jnp.arange(t)[None, :]
-  hidden, cache = model.hidden_states(
+  hidden, cache = model.prefill(
     tokens,
     positions,
     cache,
@@ -137,7 +141,7 @@ def _prefill(
     prefix=prefix,
     lora=lora,
     lora_scale=lora_scale,
-    read_cache=False,
+    config=prefill,
   )
   last = hidden[jnp.arange(b), lengths - 1]  # [B, D]
   logits = jnp.repeat(model.logits(last), num_samples, axis=0)  # [B*n, V]
@@ -209,11 +213,13 @@ def generate_ids(
   length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
   max_prompt_tokens: int | None = None,
   num_samples: int = 1,
+  prefill: PrefillConfig = DEFAULT_PREFILL,
 ) -> GenerationResult:
   """Generates up to max_new_tokens after each prompt (token ids); see GenerationResult.
 
   With num_samples > 1 each prompt is prefilled once and decoded num_samples times (rows
-  b * num_samples + j). `prefill_s` (prefill + first token) excludes compilation.
+  b * num_samples + j). `prefill_s` (prefill + first token) excludes compilation. `prefill`
+  sets the chunk, the key block and the attention backend of the prompt's prefill.
   """
   if not prompts:
     raise ValueError("prompts is empty")
@@ -264,6 +270,7 @@ def generate_ids(
     lora,
     cache_len=t + max_new_tokens,
     num_samples=num_samples,
+    prefill=prefill,
     **statics,
   )
   start = time.perf_counter()

@@ -1,4 +1,4 @@
 from ps_jax.model.config import ModelConfig, RopeScaling
-from ps_jax.model.transformer import Transformer
+from ps_jax.model.transformer import DEFAULT_PREFILL, PrefillConfig, Transformer
 
-__all__ = ["ModelConfig", "RopeScaling", "Transformer"]
+__all__ = ["DEFAULT_PREFILL", "ModelConfig", "PrefillConfig", "RopeScaling", "Transformer"]

@@ -1,4 +1,4 @@
-"""Decoder building blocks: RMSNorm, grouped-query attention over several KV sources, SwiGLU.
+"""Decoder building blocks: RMSNorm, Linear (+LoRA), attention projections, SwiGLU.
 
 Parameters carry logical axis names (`logical_axes` metadata); `ps_jax.sharding` maps them
 to mesh axes. Kernels are stored [in, out] so that a projection is `x @ kernel`.
@@ -6,18 +6,19 @@ to mesh axes. Kernels are stored [in, out] so that a projection is `x @ kernel`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ps_jax.model.attention import attend
 from ps_jax.model.config import ModelConfig
 from ps_jax.model.rope import apply_rope
 from ps_jax.typing import Array
 
-# Large finite negative for masked scores: keeps an all-masked row finite (it is ignored).
-_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
+# attend_fn(q [B, T, N, H], k [B, T, K, H], v [B, T, K, H]) -> (out [B, T, N, H], aux)
+AttendFn = Callable[[Array, Array, Array], tuple[Array, object]]
 
 
 def _param(rngs: nnx.Rngs | None, shape, dtype, names, init="normal") -> nnx.Param:
@@ -59,29 +60,6 @@ class Linear(nnx.Module):
     return y
 
 
-def attend(q: Array, sources: Sequence[tuple[Array, Array, Array]]) -> Array:
-  """Grouped-query attention of q [B, T, N, H] over several KV sources, one softmax.
-
-  Each source is (k [B, S, K, H], v [B, S, K, H], mask [B, T or 1, S] bool). Scores of all
-  sources are normalised together, so attending over [prefix; cache; chunk] this way equals
-  attending over their concatenation, without copying any KV.
-  """
-  b, t, n, h = q.shape
-  k_heads = sources[0][0].shape[2]
-  qg = q.reshape(b, t, k_heads, n // k_heads, h) * (h**-0.5)
-  scores = []
-  for k, _, mask in sources:
-    s = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32)
-    scores.append(jnp.where(mask[:, None, None, :, :], s, _MASKED))
-  probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
-  out, start = 0.0, 0
-  for k, v, _ in sources:
-    p = probs[..., start : start + k.shape[1]].astype(v.dtype)
-    out = out + jnp.einsum("bkgts,bskh->btkgh", p, v, preferred_element_type=jnp.float32)
-    start += k.shape[1]
-  return out.reshape(b, t, n, h).astype(q.dtype)
-
-
 class Attention(nnx.Module):
   def __init__(self, config: ModelConfig, *, dtype, rngs: nnx.Rngs):
     c = config
@@ -97,10 +75,11 @@ class Attention(nnx.Module):
       self.q_norm = self.k_norm = None
     self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
 
-  def __call__(self, x, positions, inv_freq, sources, chunk_mask, lora, lora_scale):
-    """x [B, T, D]; positions [B, T]; sources: earlier (k, v, mask) read-only KV.
+  def __call__(self, x, positions, inv_freq, attend_fn: AttendFn, lora, lora_scale):
+    """x [B, T, D]; positions [B, T]; attend_fn(q [B, T, N, H], k, v [B, T, K, H]) ->
+    (out [B, T, N, H], aux) attends this chunk's post-RoPE q, k, v to whatever it reads.
 
-    Returns the output [B, T, D] and this chunk's post-RoPE (k, v) [B, T, K, H].
+    Returns the output [B, T, D] and aux.
     """
     b, t, _ = x.shape
     lora = lora or {}
@@ -111,8 +90,8 @@ class Attention(nnx.Module):
       q, k = self.q_norm(q), self.k_norm(k)
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq)
-    out = attend(q, [*sources, (k, v, chunk_mask)])
-    return self.o(out.reshape(b, t, -1), lora.get("o"), lora_scale), (k, v)
+    out, aux = attend_fn(q, k, v)
+    return self.o(out.reshape(b, t, -1), lora.get("o"), lora_scale), aux
 
 
 class MLP(nnx.Module):
@@ -136,6 +115,16 @@ class Block(nnx.Module):
     self.mlp = MLP(config, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, positions, inv_freq, sources, chunk_mask, lora=None, lora_scale=0.0):
-    h, kv = self.attn(self.attn_norm(x), positions, inv_freq, sources, chunk_mask, lora, lora_scale)
+    """x [B, T, D] attending to read-only sources [(k, v, mask)] and causally (chunk_mask
+    [B, T, T]) to itself. Returns the output and this chunk's post-RoPE (k, v) [B, T, K, H]."""
+
+    def attend_fn(q, k, v):
+      return attend(q, [*sources, (k, v, chunk_mask)]), (k, v)
+
+    return self.apply(x, positions, inv_freq, attend_fn, lora, lora_scale)
+
+  def apply(self, x, positions, inv_freq, attend_fn: AttendFn, lora=None, lora_scale=0.0):
+    """The layer with attention delegated to attend_fn (see Attention); returns (x, aux)."""
+    h, aux = self.attn(self.attn_norm(x), positions, inv_freq, attend_fn, lora, lora_scale)
     x = x + h
-    return x + self.mlp(self.mlp_norm(x)), kv
+    return x + self.mlp(self.mlp_norm(x)), aux
