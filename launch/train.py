@@ -2,6 +2,12 @@ r"""Train a Parallel-Synthesis adapter (mapper + LoRA), then evaluate it on held
 
   python -m launch.train --config configs/demo.py --workdir workdir/demo
 
+`--config.train.method` is what is trained in --workdir (parallel_synthesis, or text_lora,
+lora_only, mapper_only, no_reencode); each method of `--config.train.compare_with` is trained
+with the same config in WORKDIR/<method> (e.g. the text_lora baseline). The held-out report
+then evaluates `--config.eval.methods` (zero-shot text and pcw need no training) with Wilson
+intervals and paired bootstrap tests between every two methods.
+
 Training rows come from `--config.data.sources` (the synthetic suite, jsonl:, tfds:, hf:
 sources; see configs/demo.py), tokenized by the grain pipeline (`--config.pipeline.worker_count`
 worker processes). Writes metrics.jsonl and loss.png to --workdir.
@@ -13,13 +19,22 @@ auto-detection of `jax.distributed.initialize`) to run one process per host.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ps_jax.experiment import build_model, build_rows, train_config
+from ps_jax.experiment import (
+  build_model,
+  build_rows,
+  check_eval_methods,
+  train_config,
+  trained_methods,
+  write_run_config,
+)
 
 flags.DEFINE_string(
   "workdir", None, "Directory for checkpoints, metrics and the report.", required=True
@@ -56,46 +71,76 @@ def main(argv):
   c = FLAGS.config
   # Validate the config, build the model and the rows before the workdir gets anything.
   cfg = train_config(c)
+  methods = trained_methods(c)
+  if c.eval.enabled:
+    check_eval_methods(c.eval.methods, methods)
   model, tokenizer = build_model(c.model)
-  train_rows, heldout, row_stats = build_rows(c.data)
+  rows = build_rows(c.data)
+  train_rows, heldout, row_stats = rows
   logging.info("%d training rows, %d held-out rows", len(train_rows), len(heldout))
   os.makedirs(FLAGS.workdir, exist_ok=True)
-  if jax.process_index() == 0:  # the run's config, for export and for the record
-    with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
-      f.write(c.to_json_best_effort(indent=1))
-  result = train(model, tokenizer, train_rows, heldout, cfg, FLAGS.workdir, row_stats=row_stats)
-  print(
-    f"trained {result.last_step} steps; last loss "
-    f"{result.history[-1]['loss'] if result.history else float('nan'):.4f}"
-  )
+  results, seconds = {}, {}
+  for method in methods:
+    workdir = FLAGS.workdir if method == methods[0] else os.path.join(FLAGS.workdir, method)
+    if jax.process_index() == 0:  # the run's config, for export and for the record
+      write_run_config(c, workdir, method)
+    start = time.perf_counter()
+    results[method] = train(
+      model,
+      tokenizer,
+      train_rows,
+      heldout,
+      dataclasses.replace(cfg, method=method),
+      workdir,
+      row_stats=row_stats,
+    )
+    seconds[method] = time.perf_counter() - start
+    result = results[method]
+    print(
+      f"{method}: trained {result.last_step} steps in {seconds[method]:.0f} s; last loss "
+      f"{result.history[-1]['loss'] if result.history else float('nan'):.4f}"
+    )
   if not c.eval.enabled or jax.process_index() != 0:
     return
 
   def scorer(row, text):
     return synthetic.score(row.meta["family"], text, row.answer)
 
-  results = evaluate_methods(
+  start = time.perf_counter()
+  evaluated = evaluate_methods(
     model,
     tokenizer,
     heldout,
     scorer=scorer,
     methods=c.eval.methods,
-    adapter=result.adapter,
+    adapter={m: results[m].adapter if m in results else None for m in c.eval.methods},
     max_new_tokens=c.eval.max_new_tokens,
     batch_size=c.eval.batch_size,
     group=lambda r: r.meta["family"],
   )
-  losses = [r["loss"] for r in result.history]
+  eval_seconds = time.perf_counter() - start
+
+  def final_loss(method):
+    losses = [r["loss"] for r in results[method].history]
+    return losses[-1] if losses else None
+
+  leak = {k: v for k, v in rows.leak.items() if k not in ("by_family", "examples")}
   paths = write_report(
-    results,
+    evaluated,
     FLAGS.workdir,
     name=c.eval.report_name,
     title="Parallel-Synthesis on the synthetic suite (held-out)",
     extra={
       "model": c.model.source,
-      "train_steps": result.last_step,
+      "trained_methods": ", ".join(methods),
+      "train_steps": results[methods[0]].last_step,
       "train_rows": len(train_rows),
-      "final_train_loss": losses[-1] if losses else None,
+      "heldout_rows": len(heldout),
+      "leak_check": f"{'ok' if rows.leak['ok'] else 'LEAK'} ({json.dumps(leak)})",
+      **{f"final_train_loss/{m}": final_loss(m) for m in methods},
+      **{f"train_wall_s/{m}": round(seconds[m], 1) for m in methods},
+      "eval_wall_s": round(eval_seconds, 1),
+      "leak": rows.leak,
       "config": json.loads(c.to_json_best_effort()),
     },
   )

@@ -1,14 +1,25 @@
-"""Synthesis over worker branches: `text` (paste the branch texts) or one of the cache methods.
+"""Synthesis over worker branches: the text methods (paste the branch texts into the prompt) or
+the cache methods (read the branches' KV caches).
 
 Cache methods share one forward: re-encode every branch to [0, L_i) -> (mapper) -> merge in
 branch order -> the synthesizer's tokens at positions Lmax, Lmax+1, ... attend to all valid
-branch slots and causally to themselves, through the (optional) LoRA.
+branch slots and causally to themselves, through the (optional) LoRA. Text methods run the
+base model on the text-synthesizer prompt, with the (optional) LoRA.
 
-    method               mapper  LoRA
-    pcw                    -      -     (training-free Parallel Context Windows layout)
-    mapper_only            x      -
-    lora_only              -      x
-    parallel_synthesis     x      x
+    method               reads  mapper  LoRA  re-encode
+    text                 text     -      -              (zero-shot text synthesis)
+    text_lora            text     -      x              (the trained text baseline)
+    pcw                  cache    -      -       x      (training-free Parallel Context Windows)
+    mapper_only          cache    x      -       x
+    lora_only            cache    -      x       x
+    parallel_synthesis   cache    x      x       x
+    no_reencode          cache    x      x       -      (keys keep their worker positions)
+
+no_reencode skips only the rotation: the keys keep the positions they were computed at
+(a worker's output sits after its prompt, [P_i, P_i + L_i)) and the synthesizer still starts at
+Lmax. Fixed-text branches (encode_branches, training) start at position 0, where re-encoding
+is the identity: there no_reencode equals parallel_synthesis; it differs on branches that sit
+after a prompt (workers, encode_branches(prefixes=...)).
 """
 
 from __future__ import annotations
@@ -36,20 +47,41 @@ from ps_jax.generation import (
   require_tokenizer,
   stop_ids_for,
 )
-from ps_jax.model import ModelConfig, Transformer
+from ps_jax.model import DEFAULT_PREFILL, ModelConfig, PrefillConfig, Transformer
 from ps_jax.model.rope import inverse_frequencies
 from ps_jax.prompts import PromptTemplates
 from ps_jax.timing import timed_call
 from ps_jax.typing import Array
 
-# method -> (uses mapper, uses LoRA)
-CACHE_METHODS = {
-  "pcw": (False, False),
-  "mapper_only": (True, False),
-  "lora_only": (False, True),
-  "parallel_synthesis": (True, True),
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """How a synthesis method reads the branches and which parts of an adapter it uses."""
+
+  reads: str  # "text": branch texts in the prompt; "cache": the branches' KV caches
+  mapper: bool
+  lora: bool
+  reencode: bool = True  # cache methods: rotate branch keys to [0, L_i)
+
+  @property
+  def trainable(self) -> bool:
+    return self.mapper or self.lora
+
+
+METHOD_TABLE = {
+  "text": Method("text", mapper=False, lora=False),
+  "text_lora": Method("text", mapper=False, lora=True),
+  "pcw": Method("cache", mapper=False, lora=False),
+  "mapper_only": Method("cache", mapper=True, lora=False),
+  "lora_only": Method("cache", mapper=False, lora=True),
+  "parallel_synthesis": Method("cache", mapper=True, lora=True),
+  "no_reencode": Method("cache", mapper=True, lora=True, reencode=False),
 }
-METHODS = ("text", *CACHE_METHODS)
+METHODS = tuple(METHOD_TABLE)
+# method -> (uses mapper, uses LoRA), the cache methods only
+CACHE_METHODS = {m: (s.mapper, s.lora) for m, s in METHOD_TABLE.items() if s.reads == "cache"}
+TEXT_METHODS = tuple(m for m, s in METHOD_TABLE.items() if s.reads == "text")
+TRAINABLE_METHODS = tuple(m for m, s in METHOD_TABLE.items() if s.trainable)
 
 
 @dataclasses.dataclass
@@ -67,13 +99,22 @@ def _check_method(method: str) -> None:
 
 
 def _adapter_parts(adapter: Adapter | None, method: str, model: Transformer, dtype):
-  """(mapper or None, lora weights or None, lora scale) that `method` uses from `adapter`."""
-  use_mapper, use_lora = CACHE_METHODS[method]
+  """(mapper or None, lora weights or None, lora scale) that `method` uses from `adapter`.
+
+  `text_lora` needs an adapter with a LoRA (without one it would silently be `text`); the
+  other methods take a missing part as the identity.
+  """
+  spec = METHOD_TABLE[method]
+  if method == "text_lora" and (adapter is None or adapter.lora is None):
+    raise ValueError(
+      "method='text_lora' decodes the text prompt with a trained LoRA: pass adapter=... "
+      "with a LoRA (e.g. one trained with train.method='text_lora'); zero-shot is method='text'"
+    )
   if adapter is None:
     return None, None, 0.0
   adapter.check_compatible(model.config)
-  mapper = adapter.mapper if use_mapper else None
-  if use_lora and adapter.lora is not None:
+  mapper = adapter.mapper if spec.mapper else None
+  if spec.lora and adapter.lora is not None:
     return mapper, adapter.lora.weights(dtype), adapter.lora.scale
   return mapper, None, 0.0
 
@@ -86,9 +127,13 @@ def check_caches(model: Transformer, caches: BranchCaches) -> None:
     )
 
 
-def build_prefix(config: ModelConfig, caches: BranchCaches, mapper=None) -> tuple[PrefixKV, Array]:
-  """(merged read-only KV, Lmax [B]): re-encode -> map -> merge. Pure; used under jit."""
-  caches = caches.reencoded(inverse_frequencies(config))
+def build_prefix(
+  config: ModelConfig, caches: BranchCaches, mapper=None, reencode: bool = True
+) -> tuple[PrefixKV, Array]:
+  """(merged read-only KV, Lmax [B]): re-encode -> map -> merge. Pure; used under jit.
+  reencode=False (the no_reencode ablation) skips the rotation: keys keep their positions."""
+  if reencode:
+    caches = caches.reencoded(inverse_frequencies(config))
   if mapper is not None:
     caches = mapper(caches)
   return caches.merged(), caches.max_length()
@@ -103,10 +148,11 @@ def synthesis_hidden(
   mapper=None,
   lora=None,
   lora_scale: float = 0.0,
+  reencode: bool = True,
 ) -> Array:
   """Final hidden states [B, T, D] of synthesizer tokens [B, T] placed at Lmax + t over the
   branches: the one forward of all cache methods (generation, training and tests)."""
-  prefix, lmax = build_prefix(model.config, caches, mapper)
+  prefix, lmax = build_prefix(model.config, caches, mapper, reencode)
   positions = lmax[:, None] + jnp.arange(tokens.shape[1])[None, :]
   hidden, _ = model.hidden_states(
     tokens, positions, None, lengths=lengths, prefix=prefix, lora=lora, lora_scale=lora_scale
@@ -121,14 +167,33 @@ def synthesis_forward(
   return model.logits(synthesis_hidden(model, caches, tokens, lengths, **kwargs))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "mapper_graphdef", "lora_scale"))
+@functools.partial(
+  jax.jit, static_argnames=("graphdef", "mapper_graphdef", "lora_scale", "reencode")
+)
 def _synthesis_logits(
-  graphdef, params, mapper_graphdef, mapper_params, lora, caches, tokens, lengths, *, lora_scale
+  graphdef,
+  params,
+  mapper_graphdef,
+  mapper_params,
+  lora,
+  caches,
+  tokens,
+  lengths,
+  *,
+  lora_scale,
+  reencode=True,
 ):
   model = nnx.merge(graphdef, params)
   mapper = None if mapper_graphdef is None else nnx.merge(mapper_graphdef, mapper_params)
   return synthesis_forward(
-    model, caches, tokens, lengths, mapper=mapper, lora=lora, lora_scale=lora_scale
+    model,
+    caches,
+    tokens,
+    lengths,
+    mapper=mapper,
+    lora=lora,
+    lora_scale=lora_scale,
+    reencode=reencode,
   )
 
 
@@ -146,9 +211,9 @@ def synthesis_logits(
 ) -> Array:
   """Logits [B, T, V] for synth_tokens [B, T] (no template added); cache methods only."""
   _check_method(method)
-  if method == "text":
+  if METHOD_TABLE[method].reads == "text":
     raise ValueError(
-      "synthesis_logits serves the cache methods; for `text` run the model on "
+      f"synthesis_logits serves the cache methods; for `{method}` run the model on "
       "the concatenated prompt"
     )
   caches = branches.caches if isinstance(branches, Branches) else branches
@@ -177,13 +242,14 @@ def synthesis_logits(
     tokens,
     None if lengths is None else jnp.asarray(lengths, jnp.int32),
     lora_scale=float(scale),
+    reencode=METHOD_TABLE[method].reencode,
   )
 
 
-@functools.partial(jax.jit, static_argnames=("config", "mapper_graphdef"))
-def _build_prefix(config, mapper_graphdef, mapper_params, caches):
+@functools.partial(jax.jit, static_argnames=("config", "mapper_graphdef", "reencode"))
+def _build_prefix(config, mapper_graphdef, mapper_params, caches, reencode=True):
   mapper = None if mapper_graphdef is None else nnx.merge(mapper_graphdef, mapper_params)
-  return build_prefix(config, caches, mapper)
+  return build_prefix(config, caches, mapper, reencode)
 
 
 def synthesize(
@@ -197,13 +263,21 @@ def synthesize(
   *,
   templates: PromptTemplates = PromptTemplates(),
   length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
+  prefill: PrefillConfig = DEFAULT_PREFILL,
 ) -> SynthesisResult:
-  """The synthesizer's greedy answer to each question given its example's branches."""
+  """The synthesizer's greedy answer to each question given its example's branches.
+
+  `adapter` serves the methods that use one (see the module's table); `text` and `pcw` ignore
+  it, `text_lora` requires one with a LoRA. Every method prefills its synthesizer prompt with
+  the chunked `Transformer.prefill` (`prefill`: chunk, key block, attention backend); the
+  cache methods read the merged branch caches there as a prefix, without copying them.
+  """
   _check_method(method)
   check_count("max_new_tokens", max_new_tokens)
   if len(questions) != branches.batch_size:
     raise ValueError(f"{len(questions)} questions for {branches.batch_size} examples of branches")
-  if method != "text":
+  spec = METHOD_TABLE[method]
+  if spec.reads == "cache":
     check_caches(model, branches.caches)
   require_tokenizer(
     tokenizer,
@@ -217,20 +291,27 @@ def synthesize(
     stop_ids=stops,
     sampling=SamplingConfig(),
     length_buckets=length_buckets,
+    prefill=prefill,
   )
-  if method == "text":
+  if spec.reads == "text":
+    _, lora, scale = _adapter_parts(adapter, method, model, model.dtype)  # text_lora: LoRA
     prompts = [
       templates.text_synthesizer_messages(q, t)
       for q, t in zip(questions, branches.texts, strict=True)
     ]
     ids = encode_prompts(tokenizer, prompts)
-    result = generate_ids(model, ids, **common)
+    result = generate_ids(model, ids, lora=lora, lora_scale=scale, **common)
     ttft = result.prefill_s
   else:
     mapper, lora, scale = _adapter_parts(adapter, method, model, model.dtype)
     mapper_graphdef, mapper_params = _split_optional(mapper)
     (prefix, lmax), prefix_s = timed_call(
-      _build_prefix, model.config, mapper_graphdef, mapper_params, branches.caches
+      _build_prefix,
+      model.config,
+      mapper_graphdef,
+      mapper_params,
+      branches.caches,
+      reencode=spec.reencode,
     )
     ids = encode_prompts(tokenizer, [templates.latent_synthesizer_messages(q) for q in questions])
     result = generate_ids(

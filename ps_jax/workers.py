@@ -119,20 +119,31 @@ def encode_branches(
   examples: Sequence[Sequence[str | Sequence[int]]],
   *,
   keep_last: int | None = None,
+  prefixes: Sequence[Sequence[int]] | None = None,
   branch_buckets: Sequence[int] = DEFAULT_BRANCH_BUCKETS,
   length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
 ) -> Branches:
   """Fixed-text branches: each branch (a string or token ids) prefilled alone from position 0
   by the base model. keep_last=E keeps only each branch's last E tokens (at their positions).
+
+  prefixes[b] (token ids, e.g. example b's chat-templated worker prompt) is prefilled before
+  each branch of example b and then dropped, as `run_workers` drops a worker's prompt: the
+  branch keys sit at positions P_b, P_b + 1, ... and have attended to the prefix, the layout
+  of a worker's output after its prompt.
   """
   if not examples:
     raise ValueError("examples is empty")
   if keep_last is not None:
     check_count("keep_last", keep_last)
+  if prefixes is not None and len(prefixes) != len(examples):
+    raise ValueError(f"{len(prefixes)} prefixes for {len(examples)} examples")
   counts = [len(ex) for ex in examples]
   _check_branch_count(counts, branch_buckets)
   rows: list[list[int]] = []
+  prefix_lengths: list[int] = []
   for b, ex in enumerate(examples):
+    prefix = [] if prefixes is None else [int(t) for t in prefixes[b]]
+    check_token_ids(prefix, model.config.vocab_size, what=f"prefixes[{b}]")
     for r, branch in enumerate(ex):
       if isinstance(branch, str):
         require_tokenizer(
@@ -148,7 +159,8 @@ def encode_branches(
       if not ids:
         raise ValueError(f"example {b} branch {r} is empty")
       check_token_ids(ids, model.config.vocab_size, what=f"example {b} branch {r}")
-      rows.append(ids)
+      rows.append(prefix + ids)
+      prefix_lengths.append(len(prefix))
   lengths = np.array([len(r) for r in rows], np.int32)
   s = bucket(int(lengths.max()), length_buckets, what="branch length (tokens)")
   tokens = np.zeros((len(rows), s), np.int32)
@@ -156,9 +168,9 @@ def encode_branches(
     tokens[i, : len(r)] = r
   graphdef, params = nnx.split(model)
   k, v = _prefill_rows(graphdef, params, jnp.asarray(tokens), jnp.asarray(lengths))
-  starts = np.zeros_like(lengths)
+  starts = np.asarray(prefix_lengths, np.int32)
   if keep_last is not None:
-    starts = np.maximum(lengths - keep_last, 0)
+    starts = np.maximum(lengths - keep_last, starts)
   kept = lengths - starts
   token_ids = [r[st:] for r, st in zip(rows, starts, strict=True)]
   texts = (

@@ -14,6 +14,13 @@ separate Python processes that take seconds to start and pay off when tokenizati
 step, is the bottleneck). Order is deterministic by seed and does not depend on the number of
 processes or workers; the iterator state is checkpointable and resumes with any of them.
 
+Layouts. "cache" (the cache methods) is the example above. "text" (the trained text baseline,
+`text_lora`) holds only synth_tokens [text_tokens]: the text-synthesizer prompt with the branch
+texts pasted in (the same PromptTemplates the `text` method uses at inference) + answer +
+end-of-turn, with the same loss_mask / target_start fields. A text example is made only from a
+row that also fits the cache layout, so both layouts train on the same rows; a row whose text
+prompt does not fit `text_tokens` is skipped as "text_prompt:too_long".
+
 Rows that cannot be trained on (malformed, a branch or prompt longer than its bucket) are
 skipped and counted: `select_rows` runs the same transform over all rows once, before
 training, so the pipeline draws only rows that fit (every batch is full) and the skip counts
@@ -43,6 +50,9 @@ class PipelineConfig:
   branch_tokens: int = 64  # S: branch length bucket
   synth_tokens: int = 128  # T: synthesizer prompt + target
   target_tokens: int = 32  # A: answer + end-of-turn (the loss window)
+  # T_text: text layout's prompt (branch texts inside) + target; 0 = the cache layout's token
+  # budget per example, max_branches * branch_tokens + synth_tokens
+  text_tokens: int = 0
   seed: int = 0
   shuffle: bool = True
   repeat: bool = True  # loop over epochs (training); False = one pass of full batches (eval)
@@ -57,6 +67,29 @@ class PipelineConfig:
         raise ValueError(f"pipeline.{name}={getattr(self, name)} must be >= 0")
     if self.worker_buffer_size < 1:
       raise ValueError(f"pipeline.worker_buffer_size={self.worker_buffer_size} must be >= 1")
+    if self.text_tokens < 0:
+      raise ValueError(f"pipeline.text_tokens={self.text_tokens} must be >= 0 (0 = default)")
+
+  @property
+  def text_length(self) -> int:
+    """The text layout's sequence length (`text_tokens`, or its default)."""
+    return self.text_tokens or self.max_branches * self.branch_tokens + self.synth_tokens
+
+  def sequence_tokens(self, layout: str = "cache") -> int:
+    """Padded tokens one example of `layout` puts through the model (branches + synthesizer,
+    or the text sequence)."""
+    check_layout(layout)
+    if layout == "text":
+      return self.text_length
+    return self.max_branches * self.branch_tokens + self.synth_tokens
+
+
+LAYOUTS = ("cache", "text")
+
+
+def check_layout(layout: str) -> None:
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout={layout!r}; expected one of {LAYOUTS}")
 
 
 @dataclasses.dataclass
@@ -66,9 +99,61 @@ class TokenizedSet:
 
 
 def tokenize_row(
-  row: Row, tokenizer, cfg: PipelineConfig, templates: PromptTemplates = PromptTemplates()
+  row: Row,
+  tokenizer,
+  cfg: PipelineConfig,
+  templates: PromptTemplates = PromptTemplates(),
+  layout: str = "cache",
 ) -> dict[str, np.ndarray]:
-  """One training example; raises MalformedRow for a row that does not fit the buckets."""
+  """One training example of `layout` ("cache" or "text", see the module docstring); raises
+  MalformedRow for a row that does not fit the buckets (a text example: those of both)."""
+  check_layout(layout)
+  example = _cache_example(row, tokenizer, cfg, templates)
+  if layout == "text":
+    return _text_example(row, tokenizer, cfg, templates)
+  return example
+
+
+def _target_ids(row: Row, tokenizer) -> list[int]:
+  return tokenizer.encode(row.answer.strip(), add_special_tokens=False) + [tokenizer.eos_token_id]
+
+
+def _synth_fields(prompt: list[int], target: list[int], length: int) -> dict[str, np.ndarray]:
+  """synth_tokens [length] = prompt + target (right-padded) and its loss fields."""
+  ids = prompt + target
+  synth = np.zeros((length,), np.int32)
+  synth[: len(ids)] = ids
+  loss_mask = np.zeros((length,), np.float32)
+  loss_mask[len(prompt) - 1 : len(ids) - 1] = 1.0  # logits at t predict token t + 1
+  return {
+    "synth_tokens": synth,
+    "synth_lengths": np.int32(len(ids)),
+    "loss_mask": loss_mask,
+    "target_start": np.int32(len(prompt) - 1),
+  }
+
+
+def _text_example(row: Row, tokenizer, cfg: PipelineConfig, templates: PromptTemplates):
+  """The text layout of a row (already checked against the cache layout)."""
+  prompt = _ids(
+    tokenizer.apply_chat_template(
+      templates.text_synthesizer_messages(row.query, row.contexts),
+      add_generation_prompt=True,
+      tokenize=True,
+    )
+  )
+  target = _target_ids(row, tokenizer)
+  if len(prompt) + len(target) > cfg.text_length:
+    raise MalformedRow(
+      "text_prompt",
+      "too_long",
+      f"text prompt + answer have {len(prompt) + len(target)} tokens > "
+      f"text_tokens={cfg.text_length}",
+    )
+  return _synth_fields(prompt, target, cfg.text_length)
+
+
+def _cache_example(row: Row, tokenizer, cfg: PipelineConfig, templates: PromptTemplates):
   validate(row)
   if len(row.contexts) > cfg.max_branches:
     raise MalformedRow(
@@ -91,7 +176,7 @@ def tokenize_row(
       templates.latent_synthesizer_messages(row.query), add_generation_prompt=True, tokenize=True
     )
   )
-  target = tokenizer.encode(row.answer.strip(), add_special_tokens=False) + [tokenizer.eos_token_id]
+  target = _target_ids(row, tokenizer)
   ids = prompt + target
   if len(target) > cfg.target_tokens:
     raise MalformedRow(
@@ -103,17 +188,10 @@ def tokenize_row(
       "too_long",
       f"prompt + answer have {len(ids)} tokens > synth_tokens={cfg.synth_tokens}",
     )
-  synth = np.zeros((cfg.synth_tokens,), np.int32)
-  synth[: len(ids)] = ids
-  loss_mask = np.zeros((cfg.synth_tokens,), np.float32)
-  loss_mask[len(prompt) - 1 : len(ids) - 1] = 1.0  # logits at t predict token t + 1
   return {
     "branch_tokens": branch,
     "branch_lengths": branch_lengths,
-    "synth_tokens": synth,
-    "synth_lengths": np.int32(len(ids)),
-    "loss_mask": loss_mask,
-    "target_start": np.int32(len(prompt) - 1),
+    **_synth_fields(prompt, target, cfg.synth_tokens),
   }
 
 
@@ -127,13 +205,14 @@ def tokenize_rows(
   cfg: PipelineConfig,
   templates: PromptTemplates = PromptTemplates(),
   stats: RowStats | None = None,
+  layout: str = "cache",
 ) -> TokenizedSet:
   """Tokenizes every row, skipping (and counting) those that cannot be trained on."""
   stats = stats if stats is not None else RowStats()
   examples = []
   for row in rows:
     try:
-      examples.append(tokenize_row(row, tokenizer, cfg, templates))
+      examples.append(tokenize_row(row, tokenizer, cfg, templates, layout))
     except MalformedRow as e:
       stats.skip(e.reason)
       continue
@@ -142,18 +221,25 @@ def tokenize_rows(
 
 
 class TokenizeRow(grain.transforms.Map):
-  """grain MapTransform: Row -> training example (`tokenize_row`). Picklable (the tokenizer
-  travels to grain's worker processes); raises MalformedRow for a row that does not fit."""
+  """grain MapTransform: Row -> training example of `layout` (`tokenize_row`). Picklable (the
+  tokenizer travels to grain's worker processes); raises MalformedRow for a row that does not
+  fit."""
 
   def __init__(
-    self, tokenizer, cfg: PipelineConfig, templates: PromptTemplates = PromptTemplates()
+    self,
+    tokenizer,
+    cfg: PipelineConfig,
+    templates: PromptTemplates = PromptTemplates(),
+    layout: str = "cache",
   ):
+    check_layout(layout)
     self.tokenizer = tokenizer
     self.cfg = cfg
     self.templates = templates
+    self.layout = layout
 
   def map(self, element: Row) -> dict[str, np.ndarray]:
-    return tokenize_row(element, self.tokenizer, self.cfg, self.templates)
+    return tokenize_row(element, self.tokenizer, self.cfg, self.templates, self.layout)
 
 
 class _SkipReason(grain.transforms.Map):

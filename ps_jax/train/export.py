@@ -27,7 +27,7 @@ from flax import nnx
 from ps_jax.adapter import Adapter, save_adapter
 from ps_jax.model import ModelConfig
 from ps_jax.train.checkpoint import abstract_like
-from ps_jax.train.loop import AdapterConfig
+from ps_jax.train.loop import AdapterConfig, make_adapter
 from ps_jax.train.step import OptimizerConfig, init_state, make_optimizer
 
 CONFIG_FILE = "config.json"
@@ -44,6 +44,7 @@ class RunInfo:
   random_shape: Mapping[str, Any]
   adapter: AdapterConfig
   optimizer: OptimizerConfig
+  method: str = "parallel_synthesis"  # train.method: which parts the adapter has
 
   @classmethod
   def from_dict(cls, c: Mapping[str, Any], where: str = CONFIG_FILE) -> RunInfo:
@@ -55,6 +56,7 @@ class RunInfo:
         random_shape=dict(model.get("random_shape") or {}),
         adapter=AdapterConfig(**c.get("adapter", {})),
         optimizer=OptimizerConfig(**c.get("optimizer", {})),
+        method=(c.get("train") or {}).get("method", "parallel_synthesis"),
       )
     except (KeyError, TypeError) as e:
       raise ValueError(
@@ -101,7 +103,7 @@ def adapter_from_checkpoint(
   unreadable one is skipped with a warning), or from checkpoint `step`."""
   run = run or read_run(workdir)
   model_config = model_config or run.model_config()
-  adapter = Adapter.create(model_config, **dataclasses.asdict(run.adapter))
+  adapter = make_adapter(model_config, run.adapter, run.method)
   abstract = _abstract_state(adapter, run.optimizer)
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   if not os.path.isdir(directory):
@@ -178,6 +180,7 @@ def export_adapter(
     },
     "base_model": None if adapter.base_model is None else adapter.base_model.as_dict(),
     "adapter": dataclasses.asdict(run.adapter),
+    "method": run.method,  # the synthesis method to evaluate it with
   }
   with open(os.path.join(out, EXPORT_INFO), "w") as f:
     json.dump(info, f, indent=1)

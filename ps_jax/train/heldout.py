@@ -22,12 +22,17 @@ from tqdm.auto import tqdm
 from ps_jax.adapter import Adapter
 from ps_jax.data.rows import Row
 from ps_jax.evals.stats import paired_bootstrap, wilson_interval
+from ps_jax.generation import encode_prompts
 from ps_jax.model import Transformer
 from ps_jax.prompts import PromptTemplates
 from ps_jax.synthesis import synthesize
 from ps_jax.workers import encode_branches
 
 Scorer = Callable[[Row, str], float]  # (row, synthesizer output) -> score in [0, 1]
+# Where the held-out branches' keys sit: "fixed" (each branch prefilled alone from position 0,
+# as in training) or "worker" (each branch prefilled after its row's worker prompt, which is
+# then dropped: the positions and context of a worker's output; see encode_branches).
+BRANCH_LAYOUTS = ("fixed", "worker")
 SIGNIFICANCE = 0.05  # a paired difference with p below this is reported as significant
 
 
@@ -104,13 +109,16 @@ def evaluate_methods(
   samples_per_group: int = 4,
   keep_outputs: bool = True,
   bootstrap_resamples: int = 10000,
+  branch_layout: str = "fixed",
 ) -> dict:
   """Every method on every row; accuracies with Wilson 95% intervals, TTFT, per-example scores.
 
   Each batch's branches are encoded once (fixed-text, frozen base) and every method reads the
   same branches, so the methods are compared on identical inputs. ``adapter`` is one adapter
   for every method but "text" (which runs the bare base model), or a mapping method ->
-  adapter (None: no adapter) to give methods different adapters.
+  adapter (None: no adapter) to give methods different adapters. ``branch_layout``
+  (BRANCH_LAYOUTS) places the branches as in training ("fixed") or after their worker prompt
+  ("worker"); the text methods read only the branch texts, the same in both.
 
   Returns:
     accuracy / accuracy_ci95: per method, the mean over groups of the group accuracies and
@@ -126,12 +134,19 @@ def evaluate_methods(
     samples: up to ``samples_per_group`` examples per group (query, answer, outputs).
     ttft_median_s / ttft_spread_s, num_examples, batch_size, max_new_tokens.
   """
+  if branch_layout not in BRANCH_LAYOUTS:
+    raise ValueError(f"branch_layout={branch_layout!r}; expected one of {BRANCH_LAYOUTS}")
   scores = {m: [] for m in methods}
   outputs = {m: [] for m in methods}
   ttft = {m: [] for m in methods}
   for start in tqdm(range(0, len(rows), batch_size), desc="eval", unit="batch"):
     batch = rows[start : start + batch_size]
-    branches = encode_branches(model, tokenizer, [list(r.contexts) for r in batch])
+    prefixes = None
+    if branch_layout == "worker":
+      prefixes = encode_prompts(tokenizer, [templates.worker_messages(r.query) for r in batch])
+    branches = encode_branches(
+      model, tokenizer, [list(r.contexts) for r in batch], prefixes=prefixes
+    )
     for m in methods:
       if isinstance(adapter, Mapping):
         method_adapter = adapter.get(m)
@@ -219,6 +234,7 @@ def evaluate_methods(
       "num_examples": len(rows),
       "batch_size": batch_size,
       "max_new_tokens": max_new_tokens,
+      "branch_layout": branch_layout,
       "samples": samples,
     }
   )

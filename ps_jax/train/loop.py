@@ -35,6 +35,7 @@ from ps_jax.data.pipeline import (
 from ps_jax.data.rows import Row, RowStats
 from ps_jax.model import Transformer
 from ps_jax.sharding import MeshConfig, batch_sharding, make_mesh, state_shardings
+from ps_jax.synthesis import METHOD_TABLE, TRAINABLE_METHODS
 from ps_jax.train.checkpoint import Checkpointer, abstract_like
 from ps_jax.train.step import (
   OptimizerConfig,
@@ -58,6 +59,11 @@ class AdapterConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+  """`method` is what is trained (synthesis.METHOD_TABLE): parallel_synthesis (mapper + LoRA),
+  the ablations lora_only, mapper_only and no_reencode, or text_lora (a LoRA on the text
+  layout: the trained text-synthesis baseline). Everything else is shared, so methods trained
+  with one config see the same rows in the same order with the same optimizer and steps."""
+
   num_steps: int
   checkpoint_every: int
   eval_every: int = 0  # 0 = only at the end
@@ -67,6 +73,32 @@ class TrainConfig:
   adapter: AdapterConfig = AdapterConfig()
   mesh: MeshConfig = MeshConfig()
   max_checkpoints: int = 3
+  method: str = "parallel_synthesis"
+
+  def __post_init__(self):
+    if self.method not in TRAINABLE_METHODS:
+      raise ValueError(
+        f"train.method={self.method!r}; expected one of {TRAINABLE_METHODS} (pcw and text "
+        "are not trained)"
+      )
+
+  @property
+  def layout(self) -> str:
+    """The pipeline layout of `method`: "text" or "cache"."""
+    return METHOD_TABLE[self.method].reads
+
+
+def make_adapter(model_config, cfg: AdapterConfig, method: str = "parallel_synthesis") -> Adapter:
+  """A fresh adapter with the parts `method` trains (mapper and/or LoRA). The parts are drawn as
+  in the full adapter (mapper first), so every method with one seed starts from the same LoRA."""
+  spec = METHOD_TABLE[method]
+  full = Adapter.create(model_config, **dataclasses.asdict(cfg))
+  return Adapter(
+    full.model_shape,
+    base_model=full.base_model,
+    mapper=full.mapper if spec.mapper else None,
+    lora=full.lora if spec.lora else None,
+  )
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -106,14 +138,15 @@ def train(
   *,
   row_stats: RowStats | None = None,
 ) -> TrainResult:
-  """Trains the adapter (mapper + LoRA) on `train_rows`; resumes from `workdir` if possible.
+  """Trains the adapter of `cfg.method` (e.g. mapper + LoRA) on `train_rows`; resumes from
+  `workdir` if possible.
 
   row_stats: the loader's counts of rows it already skipped (added to the metrics' counts).
   """
   os.makedirs(workdir, exist_ok=True)
   pcount, pindex = jax.process_count(), jax.process_index()
   row_stats = copy.deepcopy(row_stats) if row_stats is not None else None
-  tokenize = TokenizeRow(tokenizer, cfg.pipeline)
+  tokenize = TokenizeRow(tokenizer, cfg.pipeline, layout=cfg.layout)
   train_rows, train_stats = select_rows(
     train_rows, tokenize, stats=row_stats, worker_count=cfg.pipeline.worker_count
   )
@@ -126,7 +159,7 @@ def train(
   mesh = make_mesh(cfg.mesh)
   model_graphdef, model_params = nnx.split(model)
   model_params = jax.device_put(model_params, state_shardings(model_params, mesh))
-  adapter = Adapter.create(model.config, **dataclasses.asdict(cfg.adapter))
+  adapter = make_adapter(model.config, cfg.adapter, cfg.method)
   adapter_graphdef, _, adapter_rest = split_adapter(adapter)
   optimizer = make_optimizer(cfg.optimizer)
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -137,6 +170,7 @@ def train(
     adapter_graphdef=adapter_graphdef,
     adapter_rest=adapter_rest,
     target_tokens=cfg.pipeline.target_tokens,
+    method=cfg.method,
   )
   step_fn = jax.jit(
     functools.partial(train_step, optimizer=optimizer, **statics),
@@ -193,10 +227,9 @@ def train(
     it.close()
     return {"eval_loss": total / max(count, 1.0)}
 
-  # Padded tokens processed per step (branch prefill + synthesizer forward/backward).
-  tokens_per_step = cfg.pipeline.batch_size * (
-    cfg.pipeline.max_branches * cfg.pipeline.branch_tokens + cfg.pipeline.synth_tokens
-  )
+  # Padded tokens processed per step (branch prefill + synthesizer forward/backward, or the
+  # text sequence).
+  tokens_per_step = cfg.pipeline.batch_size * cfg.pipeline.sequence_tokens(cfg.layout)
   bar = tqdm(
     total=cfg.num_steps, initial=start_step, desc="train", unit="step", disable=pindex != 0
   )

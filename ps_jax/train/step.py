@@ -3,6 +3,11 @@
 Branch caches come from the frozen base under stop_gradient; the synthesizer tokens go through
 the shared `synthesis_forward`; the loss is the token-mean cross-entropy on target tokens;
 gradients reach only the adapter's MapperParam and LoRAParam leaves.
+
+`method` (static) picks the forward from synthesis.METHOD_TABLE: the cache methods read the
+branches' caches (with the mapper and re-encoding as the method says), `text_lora` runs the
+model on the text layout (branch texts in the prompt) through its LoRA, the same forward as
+the `text` method at inference. The adapter holds only the parts its method trains.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from flax import nnx, struct
 from ps_jax.adapter import Adapter
 from ps_jax.mapper import MapperParam
 from ps_jax.model import Transformer
-from ps_jax.synthesis import synthesis_hidden
+from ps_jax.synthesis import METHOD_TABLE, synthesis_hidden
 from ps_jax.typing import Array, PyTree
 from ps_jax.workers import branch_caches_from_tokens
 
@@ -61,25 +66,47 @@ def init_state(adapter: Adapter, optimizer: optax.GradientTransformation) -> Tra
 
 
 def loss_fn(
-  trainable, model: Transformer, adapter_graphdef, adapter_rest, batch, *, target_tokens: int
+  trainable,
+  model: Transformer,
+  adapter_graphdef,
+  adapter_rest,
+  batch,
+  *,
+  target_tokens: int,
+  method: str = "parallel_synthesis",
 ):
   """(token-mean target cross-entropy, number of target tokens).
 
   Logits are computed only over each row's answer window [target_start, target_start + A):
   the vocabulary projection of the prompt positions would cost most of the step for nothing.
   """
+  spec = METHOD_TABLE[method]
   adapter = nnx.merge(adapter_graphdef, trainable, adapter_rest)
-  caches = branch_caches_from_tokens(model, batch["branch_tokens"], batch["branch_lengths"])
-  lora = adapter.lora.weights(model.dtype) if adapter.lora is not None else None
-  hidden = synthesis_hidden(
-    model,
-    caches,
-    batch["synth_tokens"],
-    batch["synth_lengths"],
-    mapper=adapter.mapper,
-    lora=lora,
-    lora_scale=adapter.lora.scale if adapter.lora is not None else 0.0,
-  )
+  use_lora = spec.lora and adapter.lora is not None
+  lora = adapter.lora.weights(model.dtype) if use_lora else None
+  scale = adapter.lora.scale if use_lora else 0.0
+  if spec.reads == "text":
+    hidden, _ = model.hidden_states(
+      batch["synth_tokens"], None, None, lengths=batch["synth_lengths"], lora=lora, lora_scale=scale
+    )
+  else:
+    caches = branch_caches_from_tokens(model, batch["branch_tokens"], batch["branch_lengths"])
+    hidden = synthesis_hidden(
+      model,
+      caches,
+      batch["synth_tokens"],
+      batch["synth_lengths"],
+      mapper=adapter.mapper if spec.mapper else None,
+      lora=lora,
+      lora_scale=scale,
+      reencode=spec.reencode,
+    )
+  return target_cross_entropy(model, hidden, batch, target_tokens)
+
+
+def target_cross_entropy(model: Transformer, hidden, batch, target_tokens: int):
+  """(token-mean cross-entropy of the target tokens, their count) from final hidden states
+  [B, T, D] of batch["synth_tokens"], over the window [target_start, target_start + A)."""
   t = batch["synth_tokens"].shape[1]
   window = batch["target_start"][:, None] + jnp.arange(target_tokens)[None, :]  # [B, A]
   hidden = jnp.take_along_axis(hidden, jnp.minimum(window, t - 1)[..., None], axis=1)
@@ -101,12 +128,19 @@ def train_step(
   adapter_rest,
   optimizer,
   target_tokens,
+  method="parallel_synthesis",
 ):
   """One AdamW step on the adapter; returns (new state, metrics)."""
   model = nnx.merge(model_graphdef, model_params)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, count), grads = grad_fn(
-    state.trainable, model, adapter_graphdef, adapter_rest, batch, target_tokens=target_tokens
+    state.trainable,
+    model,
+    adapter_graphdef,
+    adapter_rest,
+    batch,
+    target_tokens=target_tokens,
+    method=method,
   )
   updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
   trainable = optax.apply_updates(state.trainable, updates)
@@ -131,9 +165,16 @@ def eval_step(
   adapter_graphdef,
   adapter_rest,
   target_tokens,
+  method="parallel_synthesis",
 ):
   model = nnx.merge(model_graphdef, model_params)
   loss, count = loss_fn(
-    state.trainable, model, adapter_graphdef, adapter_rest, batch, target_tokens=target_tokens
+    state.trainable,
+    model,
+    adapter_graphdef,
+    adapter_rest,
+    batch,
+    target_tokens=target_tokens,
+    method=method,
   )
   return {"loss": loss, "target_tokens": count}

@@ -239,3 +239,27 @@ def test_hf_rows_pickle_for_grain_workers(tmp_path, hf_cache):
   train, _, _ = build_rows(_data_config(f"hf:{tmp_path / 'saved'}"))
   copy = pickle.loads(pickle.dumps(train))
   assert [copy[i] for i in range(len(copy))] == [Row(*t) for t in EXPECTED]
+
+
+def test_build_rows_adds_eval_only_families_and_checks_for_leaks(tmp_path):
+  c = _data_config("synthetic")
+  c.eval_families = ("consensus_vote",)
+  rows = build_rows(c)
+  train, heldout, _ = rows
+  unseen = [r for r in heldout if r.meta["family"] == "consensus_vote"]
+  assert len(unseen) == c.eval_per_family == len(heldout) - len(unseen)
+  assert {r.meta["generalization"] for r in unseen} == {"unseen_family"}
+  assert not any(r.meta["family"] == "consensus_vote" for r in train)
+  assert rows.leak["ok"] and rows.leak["heldout_rows"] == len(heldout)
+  assert (rows.train, rows.heldout, rows.stats) == tuple(rows)
+
+  # A training source that holds a held-out row: reported, not hidden.
+  path = tmp_path / "leaky.jsonl"
+  path.write_text(json.dumps(heldout[0].to_dict()) + "\n")
+  c.sources = ("synthetic", f"jsonl:{path}")
+  leak = build_rows(c).leak
+  assert not leak["ok"] and leak["pairs_in_train"] == 1
+
+  c.eval_families = ("find_fact",)
+  with pytest.raises(ValueError, match="not an evaluation-only family"):
+    build_rows(c)

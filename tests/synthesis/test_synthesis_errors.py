@@ -83,12 +83,24 @@ def test_caches_from_a_different_model(tiny, llama_branches):
 
 def test_unknown_method(llama, llama_branches):
   branches, synth = llama_branches
-  with pytest.raises(ValueError, match=r"method='latent'; expected one of \('text', 'pcw'"):
+  with pytest.raises(
+    ValueError, match=r"method='latent'; expected one of \('text', 'text_lora', 'pcw'"
+  ):
     ps.synthesis_logits(llama, branches, synth, method="latent")
   with pytest.raises(ValueError, match="method='latent'; expected one of"):
     ps.synthesize(llama, None, branches, ["q"], method="latent")
-  with pytest.raises(ValueError, match="synthesis_logits serves the cache methods"):
-    ps.synthesis_logits(llama, branches, synth, method="text")
+  for method in ("text", "text_lora"):
+    with pytest.raises(ValueError, match="synthesis_logits serves the cache methods"):
+      ps.synthesis_logits(llama, branches, synth, method=method)
+
+
+def test_text_lora_needs_an_adapter_with_a_lora(llama):
+  from ps_jax.synthesis import _adapter_parts  # pylint: disable=import-outside-toplevel
+
+  no_lora = ps.Adapter(llama.config, mapper=None, lora=None)
+  for adapter in (None, no_lora):
+    with pytest.raises(ValueError, match="method='text_lora' decodes the text prompt with a"):
+      _adapter_parts(adapter, "text_lora", llama, llama.dtype)
 
 
 # ------------------------------------------------------------------ arguments

@@ -31,7 +31,8 @@ class FakeSynth:
     self.encoded = []  # the contexts of each encoded batch
     self.adapters = {}  # method -> the adapters it was given
 
-  def encode_branches(self, model, tokenizer, examples):
+  def encode_branches(self, model, tokenizer, examples, prefixes=None):
+    assert prefixes is None  # the default branch_layout="fixed"
     assert model == "model" and tokenizer == "tok"
     self.encoded.append(examples)
     return examples
@@ -239,3 +240,10 @@ def test_write_report_without_intervals(tmp_path):
   }
   paths = heldout.write_report(old, str(tmp_path), name="old")
   assert "| a |  | 50.0 |" in open(paths["md"]).read()
+
+
+def test_unknown_branch_layout_is_refused(rows):
+  with pytest.raises(ValueError, match=r"branch_layout='nope'; expected one of \('fixed'"):
+    heldout.evaluate_methods(
+      "model", "tok", rows, scorer=_scorer, methods=METHODS, adapter=None, branch_layout="nope"
+    )

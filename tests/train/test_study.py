@@ -1,0 +1,92 @@
+"""Smoke test of the study launcher (ps_jax.train.study, what launch.study runs) on a tiny random
+model: 2 trained methods x 2 seeds x 2 steps plus a zero-shot cell per seed; the report files;
+a rerun skips every finished cell; a cell without its result reruns (resuming its checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import matplotlib.image
+import pytest
+
+from configs import study as study_config
+from ps_jax.train import study
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, cache_dir):
+  del cache_dir  # only its side effect: the session's persistent compilation cache
+  c = study_config.get_config("tiny")
+  workdir = str(tmp_path_factory.mktemp("study") / "w")
+  logs = []
+  out = study.run_study(c, workdir, log=logs.append)
+  return c, workdir, out, logs
+
+
+def _cell_names(c):
+  return [cell.name for cell in study.plan(c, "/nowhere")]
+
+
+def test_every_cell_runs_and_the_report_is_written(first_run):
+  c, workdir, out, _ = first_run
+  names = _cell_names(c)
+  assert len(names) == 2 * (1 + 2)  # per seed: zero-shot (pcw) + parallel_synthesis, text_lora
+  assert out["ran"] == names and out["skipped"] == []
+  for ext in ("md", "json", "png"):
+    assert os.path.exists(os.path.join(workdir, f"study.{ext}")), ext
+  assert matplotlib.image.imread(os.path.join(workdir, "study.png")).ndim == 3
+  report = json.load(open(os.path.join(workdir, "study.json")))
+  assert report["finished"] == report["planned"] == len(names)
+  views = ["base / fixed branches", "base / worker branches"]
+  assert list(report["summary"]) == views
+  for view in views:
+    summary = report["summary"][view]
+    assert list(summary) == ["pcw", "parallel_synthesis", "text_lora"]
+    for v in summary.values():
+      acc = v["accuracy"]
+      assert acc["n"] == 2 and acc["ci95"][0] <= acc["mean"] <= acc["ci95"][1]
+      assert set(v["per_family"]) == set(c.data.families)
+  # text_lora reads texts only: evaluated once, shared by both layouts.
+  fixed, worker = (report["summary"][v]["text_lora"] for v in views)
+  assert fixed == worker
+  pairs = {(t["view"], t["a"], t["b"]): t for t in report["paired"]}
+  assert set(pairs) == {(v, "parallel_synthesis", b) for v in views for b in ("pcw", "text_lora")}
+  t = pairs[views[0], "parallel_synthesis", "text_lora"]
+  assert t["seeds"] == [0, 1] and t["n_examples"] == 2 * 2 * len(c.data.families)
+  assert 0 < t["p_value"] <= 1 and isinstance(t["significant"], bool)
+  rec = json.load(open(os.path.join(workdir, "cells", "base", "text_lora", "seed0", "result.json")))
+  assert list(rec["eval"]) == ["fixed"]
+  rec = json.load(
+    open(os.path.join(workdir, "cells", "base", "parallel_synthesis", "seed0", "result.json"))
+  )
+  assert list(rec["eval"]) == ["fixed", "worker"]
+  assert report["machine"]["cpu_cores"] >= 1 and report["wall"]["cells_total_s"] > 0
+  md = open(os.path.join(workdir, "study.md")).read()
+  for text in ("parallel_synthesis - text_lora", "Significant differences", "machine:", "wall"):
+    assert text in md
+  rec = json.load(open(os.path.join(workdir, "cells", "base", "text_lora", "seed1", "result.json")))
+  assert rec["train"]["steps"] == 2 and rec["leak_ok"]
+  assert os.path.exists(os.path.join(workdir, "cells", "base", "text_lora", "seed1", "adapter"))
+
+
+def test_rerun_skips_finished_cells_and_reruns_an_unfinished_one(first_run):
+  c, workdir, _, _ = first_run
+  results = {
+    cell.name: cell.result_path for cell in study.plan(c, workdir) if cell.mix != study.ZERO_SHOT
+  }
+  mtimes = {n: os.path.getmtime(p) for n, p in results.items()}
+  out = study.run_study(c, workdir, log=lambda msg: None)
+  assert out["ran"] == [] and out["skipped"] == _cell_names(c)
+  assert {n: os.path.getmtime(p) for n, p in results.items()} == mtimes
+
+  # A cell that stopped before its result: the rerun runs it alone, its training resuming
+  # from the final checkpoint (no step is trained again).
+  name = "base/parallel_synthesis/seed1"
+  os.remove(results[name])
+  metrics = os.path.join(os.path.dirname(results[name]), "train", "metrics.jsonl")
+  before = open(metrics).read()
+  out = study.run_study(c, workdir, log=lambda msg: None)
+  assert out["ran"] == [name]
+  assert open(metrics).read() == before
+  assert json.load(open(results[name]))["train"]["steps"] == 2
