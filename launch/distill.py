@@ -14,7 +14,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ps_jax.experiment import build_model
+from ps_jax.experiment import build_model, distill_config
 
 flags.DEFINE_string(
   "workdir", None, "Directory for the output (default distilled.jsonl).", required=True
@@ -24,22 +24,6 @@ config_flags.DEFINE_config_file(
 )
 flags.mark_flags_as_required(["config"])  # a clear usage error, before anything runs
 FLAGS = flags.FLAGS
-
-
-def distill_config(c):
-  from ps_jax.train.distill import DistillConfig  # pylint: disable=import-outside-toplevel
-
-  return DistillConfig(
-    branches=c.branches,
-    num_branches=c.num_branches,
-    worker_max_new_tokens=c.worker_max_new_tokens,
-    synth_max_new_tokens=c.synth_max_new_tokens,
-    temperature=c.temperature,
-    top_p=c.top_p,
-    seed=c.seed,
-    batch_size=c.batch_size,
-    max_rows=c.max_rows,
-  )
 
 
 def main(argv):

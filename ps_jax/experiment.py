@@ -207,3 +207,20 @@ def write_run_config(c, workdir: str, method: str | None = None) -> str:
   with open(path, "w") as f:
     json.dump(d, f, indent=1)
   return path
+
+
+def distill_config(c):
+  """The DistillConfig of a distillation config section (configs/distill.py, study.distill)."""
+  from ps_jax.train.distill import DistillConfig  # pylint: disable=import-outside-toplevel
+
+  return DistillConfig(
+    branches=c.branches,
+    num_branches=c.num_branches,
+    worker_max_new_tokens=c.worker_max_new_tokens,
+    synth_max_new_tokens=c.synth_max_new_tokens,
+    temperature=c.temperature,
+    top_p=c.top_p,
+    seed=c.seed,
+    batch_size=c.batch_size,
+    max_rows=c.max_rows,
+  )

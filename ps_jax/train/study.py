@@ -164,6 +164,7 @@ def _data_config(c, seed: int, sources: Sequence[str]):
 def distill_rows(c, model, tokenizer, workdir: str, log: Callable[[str], None] = print) -> str:
   """The distillation rows' JSONL: `distill.path` if set (made by launch.distill), else made
   here (resumable) with the base model's greedy text synthesizer as the teacher."""
+  from ps_jax.experiment import distill_config  # pylint: disable=import-outside-toplevel
   from ps_jax.train import distill as distill_lib  # pylint: disable=import-outside-toplevel
 
   d = c.distill
@@ -172,17 +173,7 @@ def distill_rows(c, model, tokenizer, workdir: str, log: Callable[[str], None] =
       raise FileNotFoundError(f"distill.path={d.path!r} does not exist")
     return d.path
   output = os.path.join(workdir, "distill", "distilled.jsonl")
-  cfg = distill_lib.DistillConfig(
-    branches=d.branches,
-    num_branches=d.num_branches,
-    worker_max_new_tokens=d.worker_max_new_tokens,
-    synth_max_new_tokens=d.synth_max_new_tokens,
-    temperature=d.temperature,
-    top_p=d.top_p,
-    seed=d.seed,
-    batch_size=d.batch_size,
-    max_rows=d.max_rows,
-  )
+  cfg = distill_config(d)
   syn = d.synthetic
   nb = syn.num_branches if isinstance(syn.num_branches, int) else tuple(syn.num_branches)
   inputs, _ = distill_lib.load_inputs(
