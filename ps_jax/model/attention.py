@@ -87,12 +87,15 @@ def attend_dpa(q: Array, sources: Sequence[Source], *, implementation: str = "xl
 class BlockSource(NamedTuple):
   """A KV source read block by block: `read(start, size)` -> (k, v) [B, size, K, H] of slots
   start .. start+size-1 and `visible(slots)` -> mask [B, T|1, size] for slot ids [size].
-  `num_slots` is its static length; `num_blocks` (int or traced) how many blocks to visit."""
+  `num_slots` is its static length; `num_blocks` (int or traced) how many blocks to visit;
+  the first `num_full` of them (int or traced) every query sees whole, so no mask is built
+  for them (in a prefill chunk, the cache blocks before the chunk's own)."""
 
   read: Callable[[Array, int], tuple[Array, Array]]
   visible: Callable[[Array], Array]
   num_slots: int
   num_blocks: int | Array
+  num_full: int | Array = 0
 
 
 def array_source(k: Array, v: Array, mask: Array, block: int) -> BlockSource:
@@ -112,46 +115,59 @@ def attend_blocks(
   q: Array, sources: Sequence[BlockSource], *, block: int, num_kv_heads: int
 ) -> Array:
   """`attend` as a loop over key blocks with an online softmax (fp32 running max, sum and
-  weighted values): scores exist for one [T, block] tile at a time. Block j of a source covers
-  slots [j * block, (j + 1) * block); the last block of a source whose length is not a multiple
-  is read from the source's end, its already-visited slots left out."""
+  weighted values): scores exist for one [K, G*T, block] tile at a time. Block j of a source
+  covers slots [j * block, (j + 1) * block); the last block of a source whose length is not a
+  multiple is read from the source's end, its already-visited slots left out."""
   b, t, n, h = q.shape
-  qg = q.reshape(b, t, num_kv_heads, n // num_kv_heads, h) * (h**-0.5)
-  state = None
+  g = n // num_kv_heads
+  # [B, K, G*T, H]: the kv head is a batch dimension of both dots and a group's rows are
+  # contiguous, so XLA runs plain batched matmuls (~1.5x faster on CPU than [B, T, K, G, H]).
+  qg = (q * (h**-0.5)).reshape(b, t, num_kv_heads, g, h).transpose(0, 2, 3, 1, 4)
+  qg = qg.reshape(b, num_kv_heads, g * t, h)
+  state = (
+    jnp.full((b, num_kv_heads, g * t), _MASKED, jnp.float32),  # running max
+    jnp.zeros((b, num_kv_heads, g * t), jnp.float32),  # running sum of exp
+    jnp.zeros((b, num_kv_heads, g * t, h), jnp.float32),  # running exp-weighted values
+  )
   for src in sources:
     size = min(block, src.num_slots)
 
-    def body(j, state, src=src, size=size):
+    def whole(j, state, src=src, size=size):
+      k, v = src.read(j * size, size)
+      return _fold(state, qg, k, v)
+
+    def masked(j, state, src=src, size=size):
       first = j * size
       start = jnp.minimum(first, src.num_slots - size)
       slots = start + jnp.arange(size)
       k, v = src.read(start, size)
-      return _fold(state, qg, k, v, src.visible(slots), slots >= first)
+      mask = src.visible(slots)  # [B, T|1, s] -> [B, 1, G*T|1, s]
+      if mask.shape[1] != 1:
+        mask = jnp.broadcast_to(mask[:, None], (b, g, t, size)).reshape(b, g * t, size)
+      return _fold(state, qg, k, v, mask[:, None], slots >= first)
 
-    if state is None:
-      g = n // num_kv_heads
-      state = (
-        jnp.full((b, num_kv_heads, g, t), _MASKED, jnp.float32),  # running max
-        jnp.zeros((b, num_kv_heads, g, t), jnp.float32),  # running sum of exp
-        jnp.zeros((b, num_kv_heads, g, t, h), jnp.float32),  # running exp-weighted values
-      )
-    state = jax.lax.fori_loop(0, src.num_blocks, body, state)
+    # Whole blocks never overlap the source's end (so need no `fresh` mask either).
+    num_full = jnp.minimum(jnp.minimum(src.num_full, src.num_blocks), src.num_slots // size)
+    state = jax.lax.fori_loop(0, num_full, whole, state)
+    state = jax.lax.fori_loop(num_full, src.num_blocks, masked, state)
   _, total, acc = state
-  out = acc / total[..., None]  # [B, K, G, T, H]
-  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h).astype(q.dtype)
+  out = acc / total[..., None]  # [B, K, G*T, H]
+  out = out.reshape(b, num_kv_heads, g, t, h).transpose(0, 3, 1, 2, 4)
+  return out.reshape(b, t, n, h).astype(q.dtype)
 
 
-def _fold(state, qg, k, v, mask, fresh):
-  """One online-softmax step of scaled grouped queries qg [B, T, K, G, H] over a key block
-  k, v [B, s, K, H] with mask [B, T|1, s]; slots where fresh [s] is False were visited before
-  and count for nothing."""
+def _fold(state, qg, k, v, mask=None, fresh=None):
+  """One online-softmax step of scaled grouped queries qg [B, K, G*T, H] over a key block
+  k, v [B, s, K, H], with mask [B, 1, G*T|1, s] (None: all visible); slots where fresh [s] is
+  False were visited before and count for nothing."""
   running_max, total, acc = state
-  s = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32)
-  s = jnp.where(mask[:, None, None, :, :], s, _MASKED)
-  s = jnp.where(fresh, s, -jnp.inf)  # running_max >= _MASKED, so these get weight 0
+  s = jnp.einsum("bkqh,bskh->bkqs", qg, k, preferred_element_type=jnp.float32)
+  if mask is not None:
+    s = jnp.where(mask, s, _MASKED)
+    s = jnp.where(fresh, s, -jnp.inf)  # running_max >= _MASKED, so these get weight 0
   new_max = jnp.maximum(running_max, jnp.max(s, axis=-1))
   scale = jnp.exp(running_max - new_max)
   p = jnp.exp(s - new_max[..., None])
   total = total * scale + jnp.sum(p, axis=-1)
-  pv = jnp.einsum("bkgts,bskh->bkgth", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  pv = jnp.einsum("bkqs,bskh->bkqh", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
   return new_max, total, acc * scale[..., None] + pv

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ps_jax.buckets import PREFILL_CHUNK
+from ps_jax.buckets import KV_BLOCK, PREFILL_CHUNK
 from ps_jax.cache.kv_cache import KVCache, PrefixKV
 from ps_jax.model.attention import (
   BlockSource,
@@ -43,7 +43,7 @@ class PrefillConfig:
   """
 
   chunk: int = PREFILL_CHUNK
-  kv_block: int | None = PREFILL_CHUNK
+  kv_block: int | None = KV_BLOCK
   implementation: str = "xla"
 
   def __post_init__(self):
@@ -269,6 +269,8 @@ def _attend_cache(
 
   block = config.kv_block
   sources = [] if prefix_kv is None else [array_source(*prefix_kv, prefix_mask, block)]
-  sources.append(BlockSource(read, visible, num_slots, num_blocks))
+  # Slots before the chunk's first one are visible to all its tokens: whole blocks, no mask.
+  num_full = (jnp.min(slots[:, 0]) + 1) // block
+  sources.append(BlockSource(read, visible, num_slots, num_blocks, num_full))
   out = attend_blocks(q, sources, block=block, num_kv_heads=num_kv_heads)
   return out, (cache_k, cache_v)

@@ -23,6 +23,7 @@ from ps_jax.model import PrefillConfig
 TOL = 1e-5
 CONFIGS = [
   PrefillConfig(chunk=8, kv_block=8),
+  PrefillConfig(chunk=8, kv_block=3),  # as the default, a chunk spans blocks: whole + masked
   PrefillConfig(chunk=6, kv_block=5),  # neither divides the 20-token bucket or the 28-slot cache
   PrefillConfig(chunk=16, kv_block=64),  # one block covers the whole cache
   PrefillConfig(chunk=7, kv_block=None),  # whole sources, jax.nn.dot_product_attention (xla)
