@@ -5,11 +5,14 @@ r"""Evaluate text vs cache synthesis on a benchmark; the dataset is the config's
 Datasets: gsm8k, aime2024, aime2025, gpqa_diamond, medqa, humaneval, humanevalplus, mbppplus.
 Overrides: --config.path=SOURCE (the data, in the dataset's public schema: FILE.jsonl or
 jsonl:FILE, hf:NAME[:SPLIT] for a hub id or a local `datasets` folder, hf:json:FILES[:SPLIT],
-tfds:NAME[:SPLIT]; see ps_jax/data/sources.py), --config.limit=N, --config.adapter=DIR (a
-trained adapter), --config.methods='("text","parallel_synthesis")'.
+tfds:NAME[:SPLIT]; see ps_jax/data/sources.py), --config.limit=N,
+--config.adapters.parallel_synthesis=DIR and --config.adapters.text_lora=DIR (each method's own
+trained adapter), --config.methods='("text","text_lora","parallel_synthesis")'.
 """
 
 import ml_collections
+
+from ps_jax.synthesis import TRAINABLE_METHODS
 
 # Per-dataset differences from the defaults below (token budgets of workers and synthesizer).
 DATASETS = {
@@ -31,7 +34,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = "smollm2-135m-instruct"
   c.dtype = "float32"
-  c.adapter = ""  # our orbax adapter, a reference release dir, or "" (identity mapper, no LoRA)
+  # Per trained method, its adapter: our orbax adapter dir, or a reference release dir (for
+  # parallel_synthesis); "" runs the method untrained (identity mapper, no LoRA).
+  c.adapters = ml_collections.ConfigDict({m: "" for m in TRAINABLE_METHODS})
   c.dataset = arg
   # A source string (FILE.jsonl, jsonl:FILE, hf:NAME[:SPLIT], tfds:NAME[:SPLIT], ...) in the
   # dataset's public schema; "" = the dataset's hub id (pip install 'ps_jax[hub]') or package.

@@ -27,7 +27,7 @@ def main(argv):
 
   c = FLAGS.config
   model, tokenizer = ps.load(c.model, dtype=dtype(c.dtype))
-  adapter = ps.load_adapter(c.adapter, model.config) if c.adapter else None
+  adapters = {m: ps.load_adapter(d, model.config) for m, d in c.adapters.items() if d}
   examples = load_eval_dataset(
     c.dataset, c.path or None, c.split or None, None if c.limit < 0 else c.limit
   )
@@ -46,7 +46,7 @@ def main(argv):
     sandbox_allow_unsafe=c.sandbox_allow_unsafe,
   )
   summary = run_eval(
-    model, tokenizer, examples, cfg, FLAGS.workdir, workflow=workflow, adapter=adapter
+    model, tokenizer, examples, cfg, FLAGS.workdir, workflow=workflow, adapters=adapters
   )
   print(open(f"{FLAGS.workdir}/summary.md").read())
   del summary

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import jax
@@ -26,7 +26,7 @@ from ps_jax.evals.scorers import score_example
 from ps_jax.evals.stats import wilson_interval
 from ps_jax.model import Transformer
 from ps_jax.prompts import PromptTemplates
-from ps_jax.synthesis import synthesize
+from ps_jax.synthesis import METHOD_TABLE, synthesize
 from ps_jax.workers import run_workers
 
 # Workers and synthesizer see the dataset's own instruction (format_question) as the question.
@@ -101,13 +101,23 @@ def run_eval(
   workdir: str,
   *,
   workflow: Workflow = SamplingWorkers(),
-  adapter: Adapter | None = None,
+  adapters: Mapping[str, Adapter] | None = None,
 ) -> dict:
   """Evaluates every method on every example; resumes from WORKDIR/results.jsonl.
+
+  `adapters` maps a method to the adapter trained for it (a parallel_synthesis adapter and a
+  text_lora one are different weights); a method without one runs untrained (identity mapper,
+  no LoRA), and the summary says so per method.
 
   Examples are processed in fixed chunks of batch_size whose rng depends only on the seed
   and the chunk index, so a resumed run reproduces what an uninterrupted run computes.
   """
+  adapters = dict(adapters or {})
+  for m in adapters:
+    if m not in cfg.methods or not METHOD_TABLE[m].trainable:
+      raise ValueError(
+        f"adapters: {m!r} is not a trained method of cfg.methods {tuple(cfg.methods)}"
+      )
   isolation = None
   if any(e.kind == "code" for e in examples):
     isolation = sandbox_isolation(cfg.sandbox_limits)
@@ -137,7 +147,7 @@ def run_eval(
           branches,
           questions,
           method=m,
-          adapter=None if m == "text" else adapter,
+          adapter=adapters.get(m),
           max_new_tokens=cfg.max_new_tokens,
           templates=cfg.templates,
         )
@@ -169,6 +179,9 @@ def run_eval(
   records = [done[e.id] for e in examples if e.id in done]
   summary = summarize(records, cfg.methods)
   summary["sandbox_isolation"] = isolation  # None: no generated code was run
+  for m, entry in summary["methods"].items():
+    if METHOD_TABLE[m].trainable:
+      entry["adapter"] = "trained" if m in adapters else "none (untrained)"
   write_summary(summary, workdir)
   return summary
 
@@ -213,8 +226,9 @@ def write_summary(summary: dict, workdir: str, title: str = "Evaluation") -> Non
   for m, s in summary["methods"].items():
     speed = s.get("ttft_speedup_vs_text")
     lo, hi = s["accuracy_ci95"]
+    name = f"{m} (untrained)" if s.get("adapter", "").startswith("none") else m
     lines.append(
-      f"| {m} | {100 * s['accuracy']:.1f} | {100 * lo:.1f}-{100 * hi:.1f} | "
+      f"| {name} | {100 * s['accuracy']:.1f} | {100 * lo:.1f}-{100 * hi:.1f} | "
       f"{1e3 * (s['ttft_median_s'] or 0):.1f} | {'' if speed is None else f'{speed:.2f}x'} | "
       f"{s['prompt_tokens_mean']:.0f} |"
     )

@@ -90,3 +90,40 @@ def test_refused_sandbox_stops_before_any_generation(monkeypatch, tmp_path):
       workflow=workflow,
     )
   assert not (tmp_path / "w").exists()
+
+
+def test_each_trained_method_reads_its_own_adapter(tiny_model, tmp_path, monkeypatch):
+  """A parallel_synthesis adapter and a text_lora adapter are different weights: each method
+  is given its own, a method without one runs untrained and the summary says so."""
+  from ps_jax.evals import runner  # pylint: disable=import-outside-toplevel
+
+  model, tok = tiny_model
+  ps_adapter = ps.Adapter.create(model.config, rank=2, seed=1)
+  text_adapter = ps.Adapter.create(model.config, rank=2, seed=2)
+  seen = {}
+  real = runner.synthesize
+
+  def spy(*args, method, adapter, **kwargs):
+    seen[method] = adapter
+    return real(*args, method=method, adapter=adapter, **kwargs)
+
+  monkeypatch.setattr(runner, "synthesize", spy)
+  methods = ("text", "text_lora", "lora_only", "parallel_synthesis")
+  cfg = EvalConfig(methods=methods, max_new_tokens=2, batch_size=2)
+  examples = [
+    ps.evals.EvalExample(id=f"q{i}", question=f"What is {i} + 1?", gold=str(i + 1), kind="math")
+    for i in range(2)
+  ]
+  workers = SamplingWorkers(num_branches=2, max_new_tokens=3)
+  adapters = {"parallel_synthesis": ps_adapter, "text_lora": text_adapter}
+  summary = run_eval(model, tok, examples, cfg, str(tmp_path), workflow=workers, adapters=adapters)
+  assert seen["parallel_synthesis"] is ps_adapter
+  assert seen["text_lora"] is text_adapter
+  assert seen["text"] is None and seen["lora_only"] is None
+  assert summary["methods"]["lora_only"]["adapter"] == "none (untrained)"
+  assert summary["methods"]["text_lora"]["adapter"] == "trained"
+  assert "lora_only (untrained)" in open(tmp_path / "summary.md").read()
+  with pytest.raises(ValueError, match="adapters: 'pcw' is not a trained method"):
+    run_eval(
+      model, tok, examples, cfg, str(tmp_path), workflow=workers, adapters={"pcw": ps_adapter}
+    )
