@@ -198,7 +198,8 @@ def _prefill_rows(graphdef, params, tokens, lengths):
   model = nnx.merge(graphdef, params)
   n, s = tokens.shape
   cache = KVCache.init(model.config, n, s, model.dtype)
-  _, cache = model.hidden_states(tokens, None, cache, lengths=lengths, read_cache=False)
+  positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (n, s))
+  _, cache = model.prefill(tokens, positions, cache, lengths=lengths)  # chunked, as generation
   return cache.k, cache.v
 
 
