@@ -1,0 +1,51 @@
+"""`PythonInterpreter` (the release's name): runs the model's code in the eval sandbox
+(`ps_jax.evals.sandbox`), fail-closed: where containment cannot be built the call returns the
+refusal text with status "refused" and nothing runs. The release ran it unsandboxed.
+
+`run_code` reports only pass/fail and the stderr tail, so the tool runs the program through
+the same isolation choice (`sandbox._isolation`) and `sandbox._execute`, which also returns
+stdout; the refusal logic is run_code's.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ps_jax.agents.tools.registry import Tool, ToolOutput
+from ps_jax.evals import sandbox
+
+TIMEOUT_S = float(os.environ.get("TOOL_PY_TIMEOUT", "35"))
+MAX_OUTPUT_CHARS = 12_000
+DESCRIPTION = (
+  "Execute Python code in a sandbox and return its stdout and stderr. Put the code in "
+  "<code>...</code> inside the tool_call; print() what you need to see. No network."
+)
+PARAMETERS = {
+  "type": "object",
+  "properties": {"code": {"type": "string", "description": "Python source to run."}},
+  "required": ["code"],
+}
+
+
+def run_python(
+  code: str, timeout_s: float = TIMEOUT_S, limits: sandbox.SandboxLimits | None = None
+) -> ToolOutput:
+  limits = limits or sandbox.SandboxLimits()
+  iso = sandbox._isolation(limits)  # pylint: disable=protected-access
+  if iso.mode == "refused":
+    return ToolOutput(f"PythonInterpreter refused: {iso.describe()}", "refused")
+  try:
+    code.encode("utf-8")
+  except UnicodeEncodeError as e:
+    return ToolOutput(f"Tool execution failed: the code is not valid UTF-8: {e}", "error")
+  passed, outcome, out = sandbox._execute(code, float(timeout_s), limits, iso)  # pylint: disable=protected-access
+  stdout = out.decode("utf-8", errors="replace").strip()[:MAX_OUTPUT_CHARS]
+  if passed:
+    return ToolOutput(f"stdout:\n{stdout}" if stdout else "Finished execution.")
+  return ToolOutput(f"stdout:\n{stdout}\nstderr/outcome: {outcome}", "error")
+
+
+def python_tool(timeout_s: float = TIMEOUT_S) -> Tool:
+  return Tool(
+    "PythonInterpreter", DESCRIPTION, PARAMETERS, lambda code: run_python(code, timeout_s)
+  )
