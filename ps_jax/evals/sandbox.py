@@ -52,8 +52,16 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
-__all__ = ["run_code", "sandbox_isolation", "SandboxLimits", "UNSAFE_ENV"]
+__all__ = [
+  "ProgramRun",
+  "run_code",
+  "run_program",
+  "sandbox_isolation",
+  "SandboxLimits",
+  "UNSAFE_ENV",
+]
 
 UNSAFE_ENV = "PS_JAX_ALLOW_UNSAFE_SANDBOX"
 
@@ -627,6 +635,28 @@ def sandbox_isolation(limits: SandboxLimits = _DEFAULT_LIMITS) -> str:
   return _isolation(limits).describe()
 
 
+class ProgramRun(NamedTuple):
+  passed: bool  # ran to completion within the timeout
+  detail: str  # as `run_code` describes it, with the isolation in force
+  stdout: bytes  # the program's standard output (capped)
+
+
+def run_program(
+  program: str, timeout_s: float, limits: SandboxLimits = _DEFAULT_LIMITS
+) -> ProgramRun:
+  """Run `program` in a contained `python -I` (see `run_code`), keeping its stdout."""
+  iso = _isolation(limits)
+  if iso.mode == "refused":
+    return ProgramRun(False, f"refused [isolation: {iso.describe()}]", b"")
+  try:
+    program.encode("utf-8")
+  except UnicodeEncodeError as e:  # e.g. a lone surrogate in decoded model output
+    detail = f"failed (the program is not valid UTF-8: {e}) [isolation: {iso.describe()}]"
+    return ProgramRun(False, detail, b"")
+  passed, outcome, out = _execute(program, float(timeout_s), limits, iso)
+  return ProgramRun(passed, f"{outcome} [isolation: {iso.describe()}]", out)
+
+
 def run_code(
   program: str, timeout_s: float, limits: SandboxLimits = _DEFAULT_LIMITS
 ) -> tuple[bool, str]:
@@ -637,12 +667,5 @@ def run_code(
   "output limit exceeded (N bytes)", "sandbox error: ..." or "refused: ...", followed by
   " [isolation: ...]" naming the containment in force.
   """
-  iso = _isolation(limits)
-  if iso.mode == "refused":
-    return False, f"refused [isolation: {iso.describe()}]"
-  try:
-    program.encode("utf-8")
-  except UnicodeEncodeError as e:  # e.g. a lone surrogate in decoded model output
-    return False, f"failed (the program is not valid UTF-8: {e}) [isolation: {iso.describe()}]"
-  passed, outcome, _ = _execute(program, float(timeout_s), limits, iso)
-  return passed, f"{outcome} [isolation: {iso.describe()}]"
+  run = run_program(program, timeout_s, limits)
+  return run.passed, run.detail

@@ -102,8 +102,10 @@ def test_parse_file_errors_are_text(files, tmp_path):
 
 
 def test_python_tool_runs_contained():
-  if sandbox.sandbox_isolation().startswith("refused"):
-    pytest.skip(f"no containment on this machine: {sandbox.sandbox_isolation()}")
+  if sandbox.sandbox_isolation().startswith("refused"):  # fail closed: nothing runs
+    refused = run_python("print('ran')")
+    assert refused.status == "refused" and "stdout" not in refused.text
+    return
   out = run_python("import sys\nprint(sum(range(10)))\nprint('oops', file=sys.stderr)")
   assert out.status == "ok" and out.text == "stdout:\n45"
   err = run_python("print(1)\nraise ValueError('bad input')")

@@ -2,9 +2,7 @@
 (`ps_jax.evals.sandbox`), fail-closed: where containment cannot be built the call returns the
 refusal text with status "refused" and nothing runs. The release ran it unsandboxed.
 
-`run_code` reports only pass/fail and the stderr tail, so the tool runs the program through
-the same isolation choice (`sandbox._isolation`) and `sandbox._execute`, which also returns
-stdout; the refusal logic is run_code's.
+The program runs through `sandbox.run_program` (what `run_code` runs, keeping stdout).
 """
 
 from __future__ import annotations
@@ -30,19 +28,13 @@ PARAMETERS = {
 def run_python(
   code: str, timeout_s: float = TIMEOUT_S, limits: sandbox.SandboxLimits | None = None
 ) -> ToolOutput:
-  limits = limits or sandbox.SandboxLimits()
-  iso = sandbox._isolation(limits)  # pylint: disable=protected-access
-  if iso.mode == "refused":
-    return ToolOutput(f"PythonInterpreter refused: {iso.describe()}", "refused")
-  try:
-    code.encode("utf-8")
-  except UnicodeEncodeError as e:
-    return ToolOutput(f"Tool execution failed: the code is not valid UTF-8: {e}", "error")
-  passed, outcome, out = sandbox._execute(code, float(timeout_s), limits, iso)  # pylint: disable=protected-access
-  stdout = out.decode("utf-8", errors="replace").strip()[:MAX_OUTPUT_CHARS]
-  if passed:
+  run = sandbox.run_program(code, float(timeout_s), limits or sandbox.SandboxLimits())
+  if run.detail.startswith("refused"):
+    return ToolOutput(f"PythonInterpreter {run.detail}", "refused")
+  stdout = run.stdout.decode("utf-8", errors="replace").strip()[:MAX_OUTPUT_CHARS]
+  if run.passed:
     return ToolOutput(f"stdout:\n{stdout}" if stdout else "Finished execution.")
-  return ToolOutput(f"stdout:\n{stdout}\nstderr/outcome: {outcome}", "error")
+  return ToolOutput(f"stdout:\n{stdout}\nstderr/outcome: {run.detail}", "error")
 
 
 def python_tool(timeout_s: float = TIMEOUT_S) -> Tool:
