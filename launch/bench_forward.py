@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 import time
 
+# As launch.bench_ttft: torch's OpenMP threads wait passively at barriers (busy-waiting made
+# transformers 5-10x slower whenever another process shared the cores). Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -47,31 +51,18 @@ def set_threads(n: int) -> dict:
   return out
 
 
-def load_torch_model(source: str, dtype: str):
-  """The transformers model for a ps.load source (embedded name, .gguf file or folder)."""
-  import torch  # pylint: disable=import-outside-toplevel
-  from transformers import AutoModelForCausalLM  # pylint: disable=import-outside-toplevel
-
-  from ps_jax.io.registry import EMBEDDED, embedded_path  # pylint: disable=import-outside-toplevel
-
-  path = embedded_path(source) if source in EMBEDDED else source
-  kwargs = dict(attn_implementation="eager", dtype=getattr(torch, dtype))
-  if path.endswith(".gguf"):
-    model = AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(path) or ".", gguf_file=os.path.basename(path), **kwargs
-    )
-  else:
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-  return model.eval()
-
-
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   c = _CONFIG.value
   threads = set_threads(c.num_threads)  # before anything runs on JAX's CPU backend
   import ps_jax as ps  # pylint: disable=import-outside-toplevel
-  from ps_jax.bench import forward  # pylint: disable=import-outside-toplevel
+  from ps_jax.bench import (  # pylint: disable=import-outside-toplevel
+    decode_analysis,
+    forward,
+    forward_report,
+    torch_models,
+  )
   from ps_jax.experiment import dtype  # pylint: disable=import-outside-toplevel
 
   bench = forward.ForwardBenchConfig(
@@ -83,7 +74,7 @@ def main(argv) -> None:
   torch_model = None
   if c.torch:
     start = time.perf_counter()
-    torch_model = load_torch_model(c.model, str(dtype(c.dtype)))
+    torch_model = torch_models.load_torch_model(c.model, c.dtype, attention=c.torch_attention)
     logging.info("transformers load: %.2f s", time.perf_counter() - start)
 
   result = forward.run(
@@ -92,21 +83,22 @@ def main(argv) -> None:
     config=bench,
     torch_model=torch_model,
     model_name=c.model,
-    env_extra={"threads": threads},
+    env_extra={"threads": threads, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")},
+    log=lambda s: logging.info("%s", s),
   )
   notes = ""
   if c.analysis:
-    result["decode_step_analysis"] = forward.decode_step_analysis(
+    result["decode_step_analysis"] = decode_analysis.decode_step_analysis(
       model,
       batches=bench.decode_batches,
       cache_len=bench.decode_prompt_tokens + bench.decode_new_tokens,
       repeats=max(bench.repeats, 5),
     )
-    notes = forward.XLA_CPU_DECODE_NOTES
+    notes = decode_analysis.XLA_CPU_DECODE_NOTES
   result["environment"]["load_average_end"] = list(os.getloadavg())
   out = c.out if os.path.isabs(c.out) else os.path.join(_ROOT, c.out)
-  paths = forward.write(result, out, notes)
-  print(forward.markdown(result, notes))
+  paths = forward_report.write(result, out, notes)
+  print(forward_report.markdown(result, notes))
   print("wrote " + ", ".join(paths.values()), flush=True)
 
 

@@ -1,4 +1,5 @@
-"""Shared benchmark helpers: environment record, timing statistics, JSON + markdown + PNG output.
+"""Shared benchmark helpers: environment record, JSON + markdown + PNG output (the timing
+protocol and its statistics are in `timing`).
 
 Every benchmark writes `<stem>.json` (config, environment, medians, spreads, raw samples),
 `<stem>.md` (a markdown table plus notes) and `<stem>.png` (a bar chart), all from one result
@@ -7,7 +8,6 @@ dict, so the documents always show the numbers of the JSON beside them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
@@ -15,9 +15,7 @@ import json
 import math
 import os
 import platform
-import statistics
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 # Distributions whose versions every benchmark records (absent ones are recorded as None).
@@ -88,98 +86,6 @@ def device_name(env: Mapping[str, Any]) -> str:
     return f"CPU: {env.get('cpu_model')} ({env.get('cpu_cores')} cores)"
   kinds = sorted(set(env.get("jax_devices") or []))
   return f"{env.get('jax_backend')}: {', '.join(kinds)} (host CPU {env.get('cpu_model')})"
-
-
-def summarize(samples: Sequence[float]) -> dict[str, Any]:
-  """Median and spread of repeated measurements (seconds, or any unit)."""
-  if not samples:
-    raise ValueError("summarize: no samples")
-  xs = [float(x) for x in samples]
-  return {
-    "median": statistics.median(xs),
-    "min": min(xs),
-    "max": max(xs),
-    "n": len(xs),
-    "samples": xs,
-  }
-
-
-def rate(amount: float, seconds: Mapping[str, Any]) -> dict[str, Any]:
-  """A throughput summary (amount / seconds) from a `summarize` dict of times.
-
-  The median rate is amount / median time; min and max come from the max and min times.
-  """
-  return {
-    "median": amount / seconds["median"],
-    "min": amount / seconds["max"],
-    "max": amount / seconds["min"],
-    "n": seconds["n"],
-  }
-
-
-def repeat(
-  fn: Callable[[], Any], *, repeats: int, warmup: int = 1, sync: Callable[[Any], Any] | None = None
-) -> tuple[list[float], list[float]]:
-  """Wall times of `warmup` then `repeats` calls of fn; returns (warmup_times, times).
-
-  `sync(result)` runs inside the timed region (e.g. `jax.block_until_ready`), so that
-  asynchronous dispatch cannot hide work.
-  """
-  if repeats < 1:
-    raise ValueError(f"repeats={repeats}: need at least 1")
-  times = []
-  for _ in range(warmup + repeats):
-    start = time.perf_counter()
-    out = fn()
-    if sync is not None:
-      sync(out)
-    times.append(time.perf_counter() - start)
-  return times[:warmup], times[warmup:]
-
-
-COMPILE_PHASES = (
-  "jaxpr_trace_duration",
-  "jaxpr_to_mlir_module_duration",
-  "backend_compile_duration",
-)
-
-
-@contextlib.contextmanager
-def jax_compile_events() -> Iterator[dict[str, float]]:
-  """Collects JAX's compile-phase durations (seconds) inside the block.
-
-  Keys: each phase of COMPILE_PHASES (tracing to a jaxpr, lowering to StableHLO, XLA's
-  backend compile), summed over all programs, and "<phase>:<function>" per jitted function
-  (e.g. "backend_compile_duration:_decode"); see `compile_seconds`.
-  """
-  from jax._src import monitoring  # pylint: disable=import-outside-toplevel
-
-  totals: dict[str, float] = {}
-
-  def listener(event: str, duration: float, **kwargs) -> None:
-    if not event.startswith("/jax/core/compile/"):
-      return
-    name = event.rsplit("/", 1)[-1]
-    totals[name] = totals.get(name, 0.0) + float(duration)
-    fun = str(kwargs.get("fun_name") or "")
-    if fun:
-      if fun.startswith("jit(") and fun.endswith(")"):
-        fun = fun[4:-1]
-      key = f"{name}:{fun}"
-      totals[key] = totals.get(key, 0.0) + float(duration)
-
-  monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield totals
-  finally:
-    monitoring.unregister_event_duration_listener(listener)
-
-
-def compile_seconds(events: Mapping[str, float], function: str | None = None) -> float:
-  """Tracing + lowering + XLA compile time from `jax_compile_events`, of one jitted function
-  (by name) or of everything compiled in the block."""
-  suffix = f":{function}" if function else ""
-  return sum(events.get(phase + suffix, 0.0) for phase in COMPILE_PHASES)
 
 
 def to_jsonable(obj: Any) -> Any:
