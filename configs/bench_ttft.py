@@ -126,7 +126,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.prefill_kv_block = 0
 
   # Mixed branch lengths inside one length bucket must compile once.
-  c.compile_check_lengths = (300, 400, 500)
+  c.compile_check_lengths = (400, 450, 500)
   c.compile_check_branches = 3
   c.parity_check = True  # PS vs torch PS first-token logits on the run's device
   # bench_forward's result, quoted for the plain-prefill targets ("" = none).

@@ -11,18 +11,24 @@ PREFILL_CHUNK = 512
 KV_BLOCK = 256
 
 
-def chunk_buckets(step: int = KV_BLOCK, max_len: int = 2**15, min_len: int = 16) -> tuple[int, ...]:
-  """Powers of two from min_len below `step`, then every multiple of `step` up to max_len:
-  a length above the step is padded by less than one step (2,163 -> 2,304 with 256)."""
+def chunk_buckets(
+  step: int = KV_BLOCK, max_len: int = 2**15, min_len: int = 16, fine_below: int = 1024
+) -> tuple[int, ...]:
+  """Powers of two from min_len below step / 2, multiples of step / 2 below fine_below, then
+  multiples of step up to max_len: a prompt is padded by less than a quarter above 128 tokens
+  (357 -> 384, 2,163 -> 2,304 with step 256), and every bucket above 128 is a multiple of 128,
+  so a prefill chunk divides it (`Transformer.prefill`)."""
+  half = step // 2
   small = []
   n = min_len
-  while n < step:
+  while n < half:
     small.append(n)
     n *= 2
-  return (*small, *range(step, max_len + 1, step))
+  return (*small, *range(half, fine_below, half), *range(fine_below, max_len + 1, step))
 
 
-# Default length buckets (prompt and branch lengths): 16, 32, 64, 128, then 256, 512, 768, ...
+# Default length buckets (prompt and branch lengths): 16, 32, 64, then 128, 256, ... 896, then
+# 1024, 1280, 1536, ...
 DEFAULT_LENGTH_BUCKETS = chunk_buckets()
 
 

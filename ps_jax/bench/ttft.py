@@ -65,7 +65,7 @@ class TTFTConfig:
   prefill_attention: str = "blocks"
   prefill_chunk: int = 0
   prefill_kv_block: int = 0
-  compile_check_lengths: Sequence[int] = (300, 400, 500)  # branch lengths in one bucket
+  compile_check_lengths: Sequence[int] = (400, 450, 500)  # branch lengths in one bucket
   compile_check_branches: int = 3
   parity_check: bool = True  # PS vs torch_ps first-token logits on this device
   # The bench_forward result whose prefill ratios the targets quote (recorded here; the

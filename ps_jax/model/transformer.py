@@ -176,7 +176,7 @@ class Transformer(nnx.Module):
     have traced trip counts, which reverse-mode differentiation does not support.
     """
     b, t = tokens.shape
-    c = min(config.chunk, t)
+    c = _chunk_for(t, config.chunk)
     padded = -(-t // c) * c
     if padded != t:
       tokens = jnp.pad(tokens, ((0, 0), (0, padded - t)))
@@ -240,6 +240,16 @@ class Transformer(nnx.Module):
     """Logits [B, T, V] (fp32) and the updated cache (None when no cache was passed)."""
     hidden, cache = self.hidden_states(tokens, positions, cache, **kwargs)
     return self.logits(hidden), cache
+
+
+def _chunk_for(t: int, chunk: int) -> int:
+  """The prefill chunk for a T-token prompt: `chunk`, halved (not below 128) until it divides
+  T, so a bucketed length (a multiple of 128) computes no padding chunk: 768 -> 256, 640 -> 128;
+  a length that no such chunk divides is padded to a multiple of `chunk` inside."""
+  c = min(chunk, t)
+  while t % c and c % 2 == 0 and c // 2 >= min(128, chunk):
+    c //= 2
+  return c if t % c == 0 else min(chunk, t)
 
 
 def _attend_cache(
