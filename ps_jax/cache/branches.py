@@ -46,7 +46,7 @@ class BranchCaches:
   def reencoded(self, inv_freq) -> BranchCaches:
     """Rotates every key from its position to its slot index: branch r sits at [0, L_r)."""
     delta = jnp.arange(self.num_slots) - self.positions  # [B, R, S]
-    k = apply_rope(self.k, jnp.broadcast_to(delta, self.k.shape[:4]), inv_freq)
+    k = apply_rope(self.k, delta, inv_freq)  # angles once, broadcast over the layers
     return self.replace(
       k=k, positions=jnp.broadcast_to(jnp.arange(self.num_slots), self.positions.shape)
     )
