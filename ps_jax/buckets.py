@@ -7,6 +7,7 @@ from collections.abc import Sequence
 # Tokens per prefill chunk (`PrefillConfig.chunk`): a prompt is processed this many at a time.
 # Keys per step of its blockwise attention (`PrefillConfig.kv_block`). SmolLM2, 2,048 tokens on
 # a 2-core CPU: chunk 512 / block 256 3.2 s; 256 / 256 3.7 s; 1024 / 256 3.4 s; 512 / 512 3.3 s.
+# A prompt is split into near-equal chunks of at most PREFILL_CHUNK tokens.
 PREFILL_CHUNK = 512
 KV_BLOCK = 256
 
@@ -16,8 +17,8 @@ def chunk_buckets(
 ) -> tuple[int, ...]:
   """Powers of two from min_len below step / 2, multiples of step / 2 below fine_below, then
   multiples of step up to max_len: a prompt is padded by less than a quarter above 128 tokens
-  (357 -> 384, 2,163 -> 2,304 with step 256), and every bucket above 128 is a multiple of 128,
-  so a prefill chunk divides it (`Transformer.prefill`)."""
+  (357 -> 384, 2,163 -> 2,304 with step 256); `Transformer.prefill` splits a bucket into
+  near-equal chunks, so no chunk of padding is computed."""
   half = step // 2
   small = []
   n = min_len

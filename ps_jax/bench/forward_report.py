@@ -93,7 +93,7 @@ def markdown(result: dict[str, Any], notes: str = "") -> str:
     "moves between repeats).",
     "",
     report.markdown_table(
-      ["", "ps_jax (JAX/XLA)", "transformers eager (PyTorch)", "ratio (per-round range)", "runs"],
+      ["", "ps_jax (JAX/XLA)", "transformers (PyTorch, sdpa)", "ratio (per-round range)", "runs"],
       rows,
     ),
     "",
@@ -162,7 +162,7 @@ def chart(result: dict[str, Any]) -> report.BarChart:
 
   series = {"ps_jax (JAX/XLA)": values(jx)}
   if "transformers" in res:
-    series["transformers eager"] = values(res["transformers"])
+    series["transformers (sdpa)"] = values(res["transformers"])
   return report.BarChart(
     title=f"{result['model']} {result['dtype']}, {report.device_name(result['environment'])}",
     ylabel="tokens/s (median)",
