@@ -408,8 +408,11 @@ def test_teardown_after_exception_in_with(exc):
   assert_gone(seen["tmp"], seen["pids"])
 
 
+# The child restores Python's Ctrl-C handler: a shell without job control (CI running the suite
+# in the background) starts it with SIGINT ignored, and Python keeps that.
 CHILD = r"""
-import importlib.util, json, os, sys, time
+import importlib.util, json, os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 spec = importlib.util.spec_from_file_location("ps_pg", sys.argv[1])
 m = importlib.util.module_from_spec(spec)
 sys.modules["ps_pg"] = m
