@@ -31,8 +31,8 @@ LoRAWeights = Mapping[str, Mapping[str, Array]]
 class PrefillConfig:
   """How `Transformer.prefill` runs a prompt (hashable: a static argument of jitted callers).
 
-  chunk: tokens per step; every layer runs on one chunk at a time, so activations and scores
-    scale with the chunk, not the prompt.
+  chunk: the most tokens per step (a prompt is split into near-equal chunks); every layer runs
+    on one chunk at a time, so activations and scores scale with the chunk, not the prompt.
   kv_block: keys per step of the flash-style loop (an online softmax over blocks of the prefix
     and of the cache, no KV copied): a chunk reads only the cache blocks written so far, ~T^2/2
     score work. None: a chunk attends the whole prefix and the whole cache (masked, ~T*S work)
@@ -169,7 +169,8 @@ class Transformer(nnx.Module):
     """`hidden_states` of a prompt computed chunk by chunk: final-norm hidden states [B, T, D]
     and the cache with the prompt appended (equal up to fp32 rounding).
 
-    Chunk i (tokens [i*C, (i+1)*C), C = min(chunk, T); T is padded to a multiple of C inside)
+    Chunk i (tokens [i*C, (i+1)*C); C = `_chunk_for(T, chunk)`, T split into near-equal chunks
+    of at most `chunk` tokens, T padded to a multiple of C inside)
     runs every layer, writes its keys and values into the cache, then attends the prefix and
     the cache slots up to each token's own. Only chunks holding a real token run (a traced
     count), so a coarse length bucket costs buffers but no compute. Inference only: the loops
