@@ -236,6 +236,18 @@ def _check_branch_count(counts: Sequence[int], branch_buckets: Sequence[int]) ->
       )
 
 
+def example_rows(counts: Sequence[int], num_branches: int) -> tuple[np.ndarray, np.ndarray]:
+  """(rows, present), both [B, R]: the flat row (branches of all examples, in order) that
+  holds example b's branch r, 0 where example b has fewer than R branches (present False)."""
+  row_of = np.full((len(counts), num_branches), -1, np.int32)
+  start = 0
+  for ex, count in enumerate(counts):
+    row_of[ex, :count] = np.arange(start, start + count)
+    start += count
+  present = row_of >= 0
+  return np.where(present, row_of, 0), present
+
+
 def _assemble(
   model,
   k,
@@ -252,14 +264,7 @@ def _assemble(
   """Cuts each flat row's branch slots out of k, v [L, N, S_in, K, H] into [B, R, S] layout."""
   s = bucket(max(int(lengths.max()), 1), length_buckets, what="branch length (tokens)")
   r = bucket(max(branches_per_example), branch_buckets, what="number of branches")
-  b = len(branches_per_example)
-  row_of = np.full((b, r), -1, np.int32)
-  i = 0
-  for ex, n in enumerate(branches_per_example):
-    row_of[ex, :n] = np.arange(i, i + n)
-    i += n
-  present = row_of >= 0
-  rows = np.where(present, row_of, 0)
+  rows, present = example_rows(branches_per_example, r)
   starts_j = jnp.asarray(starts, jnp.int32)
   k_rows = gather_slots(k, starts_j, s)[:, rows]  # [L, B, R, S, K, H]
   v_rows = gather_slots(v, starts_j, s)[:, rows]

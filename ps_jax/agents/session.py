@@ -39,7 +39,7 @@ from ps_jax.generation import (
 )
 from ps_jax.model import DEFAULT_PREFILL, PrefillConfig, Transformer
 from ps_jax.typing import Array
-from ps_jax.workers import DEFAULT_BRANCH_BUCKETS
+from ps_jax.workers import DEFAULT_BRANCH_BUCKETS, example_rows
 
 MEMORY_MODES = ("final_output", "each_turn_output", "full_prompt_output")
 
@@ -276,19 +276,12 @@ def capture_branches(
       raise ValueError(f"agent {n}: its {mode} branch is empty (no generated token kept)")
   s_len = bucket(max(len(s) for s in slots), length_buckets, what="branch length (tokens)")
   r = bucket(max(groups), branch_buckets, what="number of branches")
-  b = len(groups)
   idx = np.zeros((session.num_agents, s_len), np.int32)
   for n, s in enumerate(slots):
     idx[n, : len(s)] = s
   k = session.cache.k[:, np.arange(session.num_agents)[:, None], idx]  # [L, N, S, K, H]
   v = session.cache.v[:, np.arange(session.num_agents)[:, None], idx]
-  row_of = np.full((b, r), -1, np.int32)
-  start = 0
-  for ex, count in enumerate(groups):
-    row_of[ex, :count] = np.arange(start, start + count)
-    start += count
-  present = row_of >= 0
-  rows = np.where(present, row_of, 0)
+  rows, present = example_rows(groups, r)
   lengths = np.array([len(s) for s in slots], np.int32)
   caches = BranchCaches(
     k=k[:, rows],
