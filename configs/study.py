@@ -21,15 +21,18 @@ synthesizer (the teacher) on synthetic training rows of the seen families (their
 the branches; ps_jax.train.distill, what launch.distill runs) and read through a `jsonl:`
 source; `--config.distill.path=FILE` uses rows made by launch.distill instead.
 
-Size: 5 trained methods x 3 seeds x 2 mixes = 30 training cells + 3 zero-shot cells, each
-cell evaluated with "fixed" and "worker" branches. Measured on this project's 2-core Xeon CPU
+Size: 5 trained methods x 3 seeds x 2 mixes = 30 training cells, 4 mapper variants (metadata
+features length / num_agents / none instead of both; per-head coefficients) x 3 seeds on the
+base mix = 12, + 3 zero-shot cells, each cell evaluated with "fixed" and "worker" branches.
+Measured on this project's 2-core Xeon CPU
 (fp32, CPU time per step of this config's pipeline): parallel_synthesis 3.8 s, text_lora 6.5 s
 (its 224-token text sequences are backpropagated through every layer), the ablations as
 parallel_synthesis; held-out evaluation at most ~1.3 s per row and method (48 new tokens).
 On an idle 2-core machine (wall ~ CPU time / 1.4) one cell therefore takes ~19 min
 (parallel_synthesis, lora_only, mapper_only, no_reencode: 300 steps + 2 x 192 held-out rows)
 or ~27 min (text_lora), a zero-shot cell ~9 min, the distillation rows ~10 min once, and the
-whole study ~11 h (~15 h at one core's speed); on one accelerator it is minutes per cell.
+whole study ~15 h (~20 h at one core's speed); on one accelerator it is minutes per cell.
+Measured with other jobs on the cores, cells took 27-85 min (docs/results/study_cells/).
 
 Config argument "tiny": a 2-layer random model, 2 methods x 2 seeds x 2 steps, no distillation
 (the launcher's smoke test; seconds per cell):
@@ -42,6 +45,14 @@ import ml_collections
 from configs import common, demo, tiny
 
 METHODS = ("parallel_synthesis", "text_lora", "lora_only", "mapper_only", "no_reencode")
+# The mapper's ablations (DESIGN.md 2.3): parallel_synthesis with other mapper inputs, or one
+# set of coefficients per KV head; trained on the base mix only (3 seeds each).
+VARIANTS = {
+  "ps_features_length": dict(metadata_features="length"),
+  "ps_features_num_agents": dict(metadata_features="num_agents"),
+  "ps_features_none": dict(metadata_features="none"),
+  "ps_per_head_mapper": dict(per_head_mapper=True),
+}
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
@@ -58,7 +69,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.data.eval_per_family = 24
   c.study = ml_collections.ConfigDict(
     dict(
-      methods=METHODS,  # trained, one cell per (mix, method, seed)
+      methods=(*METHODS, *VARIANTS),  # trained, one cell per (mix, method, seed)
+      variants={
+        name: dict(method="parallel_synthesis", adapter=adapter, mixes=("base",))
+        for name, adapter in VARIANTS.items()
+      },
       zero_shot=("text", "pcw"),  # untrained, one cell per seed
       seeds=(0, 1, 2),
       mixes=("base", "distill"),  # without / with the distillation rows in the training mix

@@ -50,7 +50,7 @@ SIGNIFICANCE = 0.05
 @dataclasses.dataclass(frozen=True)
 class Cell:
   mix: str  # "base" | "distill" | "zero_shot"
-  method: str  # a trained method, or "+"-joined untrained methods for a zero-shot cell
+  method: str  # a trained method or variant, or "+"-joined untrained methods (zero-shot cell)
   seed: int
   directory: str
 
@@ -70,14 +70,44 @@ class Cell:
     return os.path.exists(self.result_path)
 
 
+def variant(c, name: str) -> tuple[str, dict]:
+  """(the method, adapter overrides) that `name` of study.methods trains: a trained method of
+  METHOD_TABLE as it is, or a variant of `study.variants` (e.g. the mapper's metadata features
+  or the per-head mapper: parallel_synthesis with other adapter settings)."""
+  variants = c.study.get("variants", {})
+  if name in variants:
+    v = variants[name]
+    return v.method, dict(v.get("adapter", {}))
+  return name, {}
+
+
+def base_method(c, name: str) -> str:
+  return variant(c, name)[0]
+
+
 def check_study_config(c) -> None:
   """Raises ValueError naming the field for a study config that cannot run."""
   s = c.study
+  from ps_jax.train.loop import AdapterConfig  # pylint: disable=import-outside-toplevel
+
+  adapter_fields = {f.name for f in dataclasses.fields(AdapterConfig)}
+  for name, v in s.get("variants", {}).items():
+    if name in METHOD_TABLE:
+      raise ValueError(f"study.variants.{name}: the name of a method; give the variant its own")
+    if v.get("method") not in METHOD_TABLE or not METHOD_TABLE[v.method].trainable:
+      raise ValueError(f"study.variants.{name}.method={v.get('method')!r} is not a trained method")
+    unknown = set(v.get("adapter", {})) - adapter_fields
+    if unknown:
+      raise ValueError(
+        f"study.variants.{name}.adapter: unknown fields {sorted(unknown)} "
+        f"(AdapterConfig has {sorted(adapter_fields)})"
+      )
   for m in s.methods:
+    m = base_method(c, m)
     if m not in METHOD_TABLE or not METHOD_TABLE[m].trainable:
       raise ValueError(
         f"study.methods: {m!r} is not a trained method "
-        f"({[k for k, v in METHOD_TABLE.items() if v.trainable]})"
+        f"({[k for k, v in METHOD_TABLE.items() if v.trainable]}) or a study.variants name"
       )
   for m in s.zero_shot:
     if m not in METHOD_TABLE or METHOD_TABLE[m].trainable:
@@ -102,7 +132,7 @@ def check_study_config(c) -> None:
 
 def plan(c, workdir: str) -> list[Cell]:
   """Every cell of the study, in run order: per seed the zero-shot cell, then per mix the
-  trained methods."""
+  trained methods (and the variants listed for that mix)."""
   s = c.study
   cells = []
   for seed in s.seeds:
@@ -117,6 +147,8 @@ def plan(c, workdir: str) -> list[Cell]:
       )
     for mix in s.mixes:
       for m in s.methods:
+        if mix not in s.get("variants", {}).get(m, {}).get("mixes", (mix,)):
+          continue  # a variant trained in some mixes only
         cells.append(Cell(mix, m, int(seed), os.path.join(workdir, "cells", mix, m, f"seed{seed}")))
   return cells
 
@@ -230,18 +262,22 @@ def run_cell(cell: Cell, c, model, tokenizer, rows, log: Callable[[str], None] =
   os.makedirs(cell.directory, exist_ok=True)
   start = time.perf_counter()
   record: dict = {"mix": cell.mix, "method": cell.method, "seed": cell.seed}
-  adapters = dict.fromkeys(cell.methods)
+  # A variant trains and evaluates its method; its numbers are recorded under its own name.
+  method, adapter_overrides = variant(c, cell.method)
+  methods = cell.methods if cell.mix == ZERO_SHOT else (method,)
+  adapters = dict.fromkeys(methods)
   if cell.mix != ZERO_SHOT:
     base = train_config(c)
     cfg = dataclasses.replace(
       base,
-      method=cell.method,
+      method=method,
       pipeline=dataclasses.replace(base.pipeline, seed=cell.seed),
-      adapter=dataclasses.replace(base.adapter, seed=cell.seed),
+      adapter=dataclasses.replace(base.adapter, seed=cell.seed, **adapter_overrides),
     )
     overrides = {"data.seed": cell.seed, "pipeline.seed": cell.seed, "adapter.seed": cell.seed}
+    overrides |= {f"adapter.{k}": v for k, v in adapter_overrides.items()}
     run_config = _with(c, overrides, mix=cell.mix)
-    write_run_config(run_config, os.path.join(cell.directory, "train"), cell.method)
+    write_run_config(run_config, os.path.join(cell.directory, "train"), method)
     result = train(
       model,
       tokenizer,
@@ -252,7 +288,7 @@ def run_cell(cell: Cell, c, model, tokenizer, rows, log: Callable[[str], None] =
       row_stats=rows.stats,
     )
     save_adapter(result.adapter, os.path.join(cell.directory, "adapter"))
-    adapters[cell.method] = result.adapter
+    adapters[method] = result.adapter
     history = result.history
     record["train"] = {
       "steps": result.last_step,
@@ -269,15 +305,15 @@ def run_cell(cell: Cell, c, model, tokenizer, rows, log: Callable[[str], None] =
   eval_start = time.perf_counter()
   record["eval"], accs = {}, []
   for layout in _layouts(c):
-    methods = [m for m in cell.methods if layout == "fixed" or METHOD_TABLE[m].reads == "cache"]
-    if not methods:
+    read = [m for m in methods if layout == "fixed" or METHOD_TABLE[m].reads == "cache"]
+    if not read:
       continue  # text methods: the same in every layout
     evaluated = evaluate_methods(
       model,
       tokenizer,
       rows.heldout,
       scorer=_scorer,
-      methods=methods,
+      methods=read,
       adapter=adapters,
       max_new_tokens=c.eval.max_new_tokens,
       batch_size=c.eval.batch_size,
@@ -285,14 +321,37 @@ def run_cell(cell: Cell, c, model, tokenizer, rows, log: Callable[[str], None] =
       bootstrap_resamples=1000,
       branch_layout=layout,
     )
-    record["eval"][layout] = _eval_record(evaluated)
-    accs += [f"{m} {100 * a:.1f} ({layout})" for m, a in evaluated["accuracy"].items()]
+    record["eval"][layout] = _relabel(_eval_record(evaluated), method, cell.method)
+    accs += [f"{m} {100 * a:.1f} ({layout})" for m, a in record["eval"][layout]["accuracy"].items()]
   record["eval_wall_s"] = time.perf_counter() - eval_start
   record["wall_s"] = time.perf_counter() - start
   record["leak_ok"] = bool(rows.leak["ok"])
   _write_json(cell.result_path, record)
   log(f"cell {cell.name}: {', '.join(accs)}; {record['wall_s']:.0f} s")
   return record
+
+
+def _relabel(evaluation: dict, method: str, name: str) -> dict:
+  """`evaluation` with the per-method entries of `method` keyed by `name` (a variant's)."""
+  if method == name:
+    return evaluation
+  out = dict(evaluation)
+  for key in (
+    "accuracy",
+    "accuracy_ci95",
+    "per_group",
+    "per_group_ci95",
+    "per_kind",
+    "ttft_median_s",
+  ):
+    if key in out:
+      out[key] = {name if m == method else m: v for m, v in out[key].items()}
+  per = dict(out["per_example"])
+  for key in ("scores", "outputs"):
+    if key in per:
+      per[key] = {name if m == method else m: v for m, v in per[key].items()}
+  out["per_example"] = per
+  return out
 
 
 def _with(c, overrides: dict, mix: str):
@@ -459,7 +518,7 @@ def summarize(c, cells: Sequence[Cell], resamples: int = 10000) -> dict:
       for mix in s.mixes if cell.mix == ZERO_SHOT else (cell.mix,):
         for layout in layouts:
           # Text methods are evaluated in the fixed layout only: the same in every layout.
-          source = layout if METHOD_TABLE[m].reads == "cache" else "fixed"
+          source = layout if METHOD_TABLE[base_method(c, m)].reads == "cache" else "fixed"
           if source in rec["eval"]:
             evals[mix, layout, m][cell.seed] = rec["eval"][source]
   methods = [*s.zero_shot, *s.methods]

@@ -90,3 +90,44 @@ def test_rerun_skips_finished_cells_and_reruns_an_unfinished_one(first_run):
   assert out["ran"] == [name]
   assert open(metrics).read() == before
   assert json.load(open(results[name]))["train"]["steps"] == 2
+
+
+def test_a_mapper_variant_trains_its_own_adapter_and_reports_under_its_name(tmp_path, cache_dir):
+  del cache_dir
+  from ps_jax.adapter import load_adapter  # pylint: disable=import-outside-toplevel
+
+  c = study_config.get_config("tiny")
+  c.study.methods = ("ps_per_head_mapper",)
+  c.study.zero_shot = ()
+  c.study.seeds = (0,)
+  c.study.mixes = ("base", "distill")
+  c.study.branch_layouts = ("fixed",)
+  # The variant is listed for the base mix only: no distillation cell (and no teacher run).
+  assert [cell.name for cell in study.plan(c, "/nowhere")] == ["base/ps_per_head_mapper/seed0"]
+  c.study.mixes = ("base",)
+  out = study.run_study(c, str(tmp_path), log=lambda msg: None)
+  assert out["ran"] == ["base/ps_per_head_mapper/seed0"]
+  cell = tmp_path / "cells" / "base" / "ps_per_head_mapper" / "seed0"
+  adapter = load_adapter(str(cell / "adapter"))
+  assert adapter.mapper.per_head
+  assert adapter.mapper.w2.shape[-1] == 4 * c.model.random_shape.num_kv_heads
+  rec = json.loads((cell / "result.json").read_text())
+  assert list(rec["eval"]["fixed"]["accuracy"]) == ["ps_per_head_mapper"]
+  assert list(rec["eval"]["fixed"]["per_example"]["scores"]) == ["ps_per_head_mapper"]
+  summary = out["report"]["summary"]["base / fixed branches"]
+  assert list(summary) == ["ps_per_head_mapper"]
+
+
+def test_study_config_errors_name_the_field():
+  c = study_config.get_config("tiny")
+  c.study.methods = ("ps_nonexistent",)
+  with pytest.raises(ValueError, match="study.methods"):
+    study.check_study_config(c)
+  c = study_config.get_config("tiny")
+  c.study.variants.ps_features_length.adapter = {"rank_typo": 3}
+  with pytest.raises(ValueError, match=r"study.variants.ps_features_length.adapter.*rank_typo"):
+    study.check_study_config(c)
+  c = study_config.get_config("tiny")
+  c.study.variants.ps_features_length.method = "pcw"
+  with pytest.raises(ValueError, match=r"study.variants.ps_features_length.method"):
+    study.check_study_config(c)
