@@ -26,6 +26,8 @@ clipping keep the first steps of the higher rate stable. Both trained methods us
 
 import ml_collections
 
+from configs import common
+
 FAMILIES = (
   "chat_recall",
   "tool_lookup",
@@ -108,7 +110,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       seed=0,
     )
   )
-  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  # All devices on fsdp; multislice / multi-node: --config.mesh.dcn.data=<slices or nodes>.
+  c.mesh = common.mesh_section(data=1, fsdp=-1, tensor=1)
+  c.sharding = common.sharding_section("fsdp")  # or tensor / data; rules.<axis> overrides
   c.eval = ml_collections.ConfigDict(
     dict(
       enabled=True,

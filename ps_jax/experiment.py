@@ -144,9 +144,12 @@ def build_rows(cfg) -> Rows:
 
 def train_config(c):
   """The TrainConfig of a training config (sections train, checkpoint, pipeline, optimizer,
-  adapter, mesh); `train.method` (default parallel_synthesis) is what is trained."""
+  adapter, mesh, sharding); `train.method` (default parallel_synthesis) is what is trained."""
   from ps_jax.data.pipeline import PipelineConfig  # pylint: disable=import-outside-toplevel
-  from ps_jax.sharding import MeshConfig  # pylint: disable=import-outside-toplevel
+  from ps_jax.sharding import (  # pylint: disable=import-outside-toplevel
+    MeshConfig,
+    rules_from_config,
+  )
   from ps_jax.train.loop import AdapterConfig, TrainConfig  # pylint: disable=import-outside-toplevel
   from ps_jax.train.step import OptimizerConfig  # pylint: disable=import-outside-toplevel
 
@@ -159,7 +162,8 @@ def train_config(c):
     pipeline=PipelineConfig(**c.pipeline),
     optimizer=OptimizerConfig(**c.optimizer),
     adapter=AdapterConfig(**c.adapter),
-    mesh=MeshConfig(**c.mesh),
+    mesh=MeshConfig.from_config(c.mesh),
+    rules=rules_from_config(c.get("sharding")),
     method=c.train.get("method", "parallel_synthesis"),
   )
 

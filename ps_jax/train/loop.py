@@ -34,7 +34,14 @@ from ps_jax.data.pipeline import (
 )
 from ps_jax.data.rows import Row, RowStats
 from ps_jax.model import Transformer
-from ps_jax.sharding import MeshConfig, batch_sharding, make_mesh, state_shardings
+from ps_jax.sharding import (
+  DEFAULT_RULES,
+  MeshConfig,
+  Rules,
+  batch_sharding,
+  make_mesh,
+  state_shardings,
+)
 from ps_jax.synthesis import METHOD_TABLE, TRAINABLE_METHODS
 from ps_jax.train.checkpoint import Checkpointer, abstract_like
 from ps_jax.train.step import (
@@ -72,6 +79,7 @@ class TrainConfig:
   optimizer: OptimizerConfig = OptimizerConfig()
   adapter: AdapterConfig = AdapterConfig()
   mesh: MeshConfig = MeshConfig()
+  rules: Rules = DEFAULT_RULES  # logical axis -> mesh axes (sharding.rules_from_config)
   max_checkpoints: int = 3
   method: str = "parallel_synthesis"
 
@@ -158,7 +166,7 @@ def train(
 
   mesh = make_mesh(cfg.mesh)
   model_graphdef, model_params = nnx.split(model)
-  model_params = jax.device_put(model_params, state_shardings(model_params, mesh))
+  model_params = jax.device_put(model_params, state_shardings(model_params, mesh, cfg.rules))
   adapter = make_adapter(model.config, cfg.adapter, cfg.method)
   adapter_graphdef, _, adapter_rest = split_adapter(adapter)
   optimizer = make_optimizer(cfg.optimizer)
@@ -207,7 +215,9 @@ def train(
 
   def to_global(batch):
     return {
-      k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), np.asarray(v))
+      k: jax.make_array_from_process_local_data(
+        batch_sharding(mesh, v.ndim, cfg.rules), np.asarray(v)
+      )
       for k, v in batch.items()
     }
 
