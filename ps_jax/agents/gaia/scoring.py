@@ -43,8 +43,9 @@ def _check_gold(gold: str) -> str:
 
 
 def extract_answer_text(raw: str) -> str:
-  """The release's `extract_answer_text`: text after the last `</think>`, with `<answer>`
-  wrappers peeled off one by one (nested wrappers happen), stripped."""
+  """The release's `extract_answer_text`: the text after the last `</think>`, then the first
+  `<answer>...</answer>` peeled "repeatedly", stripped. As in the release, the lazy match
+  cannot hold a closing tag, so `<answer><answer>x</answer></answer>` gives `<answer>x`."""
   text = str(raw).rpartition("</think>")[2]  # the whole text when there is none
   while (m := _ANSWER.search(text)) is not None:
     inner = m.group(1).strip()
