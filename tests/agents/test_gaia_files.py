@@ -11,6 +11,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
+from ps_jax.agents import ScriptedPolicy, default_registry, run_react, worker_messages
 from ps_jax.agents.gaia import (
   KINDS,
   gaia_files_tasks,
@@ -163,3 +164,24 @@ def test_bad_arguments(tmp_path):
   write_pdf(tmp_path / "y.pdf", ["a (b) \\ c", "second"])
   text = parse_file([str(tmp_path / "y.pdf")]).text
   assert "a (b) \\ c\nsecond" in text
+
+
+def test_react_worker_reads_the_attachment_and_is_scored(tasks):
+  """One task through the release's loop with the default tools and a scripted model that
+  reads the attachment, then answers in dollar format: the leaderboard's rule accepts the
+  answer, the release's does not."""
+  task = next(t for t in tasks if t.task_id.endswith("pdf_invoices"))
+  files = [str(p) for p in task.files]
+  read = '<tool_call>\n{"name": "parse_file", "arguments": {"files": %s}}\n</tool_call>'
+  whole, cents = task.gold.split(".")
+  answer = f"<answer>${int(whole):,}.{cents}</answer>"
+  registry = default_registry()
+  (trace,) = run_react(
+    ScriptedPolicy([[read % json.dumps(files), answer]]),
+    registry,
+    [worker_messages(registry, task.question, files, date="2026-01-01")],
+  )
+  assert trace.steps[0].calls[0]["status"] == "ok"
+  assert "Invoice register, 2024" in trace.steps[0].calls[0]["response"]
+  assert trace.stop_reason == "answer" and trace.answer.startswith("$")
+  assert score_official(trace.answer, task.gold) and not score_release(trace.answer, task.gold)
