@@ -67,10 +67,12 @@ def test_load_jsonl_validation():
     tasks[0].gold = "4"  # type: ignore[misc]
 
 
-def test_load_parquet_matches_jsonl(tmp_path):
+def test_load_parquet_matches_jsonl(tmp_path, monkeypatch):
   root = _copy(tmp_path)
   split_dir = root / "2023" / "validation"
   from_jsonl = _plain(load_gaia(root), root)
+  monkeypatch.setenv("HOME", str(tmp_path))
+  assert _plain(load_gaia("~/gaia"), root) == from_jsonl  # "~" is expanded
   # the hub's current layout: metadata.parquet (preferred over metadata.jsonl when both exist)
   rows = [{**r, "Level": int(r["Level"])} for r in _rows("validation")]  # one column type
   _write_parquet(split_dir / "metadata.parquet", rows[:2])
@@ -105,6 +107,8 @@ def test_test_split_answers_are_kept_but_unscorable():
 def test_load_errors_name_the_path_or_field(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"no GAIA split folder .*2023/dev"):
     load_gaia(FIXTURE, "dev")
+  with pytest.raises(ValueError, match=r"levels must be a subset of \{1, 2, 3\}, got \[0, 4\]"):
+    load_gaia(FIXTURE, levels=[4, 0])
   root = _copy(tmp_path)
   split_dir = root / "2023" / "validation"
   (split_dir / "fx-0003.csv").unlink()

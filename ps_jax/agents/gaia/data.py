@@ -114,7 +114,9 @@ def load_gaia(
   Raises FileNotFoundError naming the folder or attachment that is missing and ValueError
   naming the row and field of a malformed row or a duplicated task_id.
   """
-  root = pathlib.Path(data_dir)
+  root = pathlib.Path(data_dir).expanduser()
+  if levels is not None and not set(levels) <= {1, 2, 3}:
+    raise ValueError(f"levels must be a subset of {{1, 2, 3}}, got {sorted(levels)}")
   split_dir = root / CONFIG_YEAR / split
   if not split_dir.is_dir():
     raise FileNotFoundError(
