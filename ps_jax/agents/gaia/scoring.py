@@ -15,7 +15,7 @@ whitespace and punctuation removed, lower-cased.
 
 Where they differ (tests/agents/test_gaia.py): `$1,000` vs `1000` (official only),
 `a,b` vs `a, b` and `Sea Gull` vs `seagull` (official only; the release keeps inner
-whitespace), `17 km` vs `17` (neither), `ok!` vs `OK` (both), `(x)` vs `x` (both).
+whitespace), `17 km` vs `17` (neither), `The Answer!` vs `the answer` and `(x)` vs `x` (both).
 
 Both refuse a hidden test-split gold (`?`): the official string rule would call any
 punctuation-only prediction right, the release's would call everything wrong.
