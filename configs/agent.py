@@ -8,7 +8,17 @@ Presets:
           PostgreSQL's server binaries and psycopg2), SmolLM2-135M-Instruct from the embedded
           GGUF, methods text / pcw / parallel_synthesis (untrained adapter unless
           --config.adapters.parallel_synthesis=DIR);
-  tiny    a random 2-layer model with SmolLM2's tokenizer on 2 MARBLE cases (tests, smoke runs).
+  tiny    a random 2-layer model with SmolLM2's tokenizer on 2 MARBLE cases (tests, smoke runs);
+  gaia_files  30 offline GAIA-format tasks generated at run time (attachments in
+          WORKDIR/files; gold computed by the generator; ps_jax.agents.gaia), 3 sampling workers
+          with search / visit / PythonInterpreter / parse_file (search and visit answer from an
+          offline replay store: every call is a counted miss unless --config.web_replay=FILE);
+  gaia    the gated GAIA validation split from a local copy: --config.data_dir=DIR (the dataset
+          root holding 2023/validation/; see docs/agents_gaia.md), --config.levels='(1,)'.
+
+  python -m launch.agent --config configs/agent.py:gaia_files --workdir workdir/agent_gaia_files
+  python -m launch.agent --config configs/agent.py:gaia --workdir workdir/agent_gaia \
+    --config.data_dir=PATH/TO/GAIA
 
 Writes WORKDIR/cases/<id>.json (one per case: every worker's trace and cache ids, each
 method's judger trace, score and TTFT; a finished case is skipped on rerun) and the report
@@ -50,10 +60,31 @@ def _base() -> ml_collections.ConfigDict:
   return c
 
 
+PRESETS = ("marble", "tiny", "gaia_files", "gaia")
+
+
+def _gaia(c: ml_collections.ConfigDict, source: str) -> ml_collections.ConfigDict:
+  c.workflow = "gaia"
+  c.source = source  # "files": generated gaia-files tasks; "hf": load_gaia(data_dir, split)
+  c.num_tasks = 30  # gaia-files tasks generated
+  c.data_dir = ""
+  c.split = "validation"
+  c.levels = (1, 2, 3)
+  c.num_workers = 3  # identical workers (the release's default)
+  # Identical prompts: the workers sample so that their branches differ (greedy workers would
+  # be copies of one another; the release's GAIA recipe decodes greedily).
+  c.temperature = 0.6
+  c.python = True  # PythonInterpreter through the contained sandbox (the recipe leaves it off)
+  c.web_replay = ""  # JSONL of recorded search/visit responses ("" = none: all misses)
+  return c
+
+
 def get_config(arg=None) -> ml_collections.ConfigDict:
-  if arg not in ("marble", "tiny"):
-    raise ValueError(f"configs/agent.py:PRESET, PRESET one of marble, tiny; got {arg!r}")
+  if arg not in PRESETS:
+    raise ValueError(f"configs/agent.py:PRESET, PRESET one of {', '.join(PRESETS)}; got {arg!r}")
   c = _base()
+  if arg in ("gaia_files", "gaia"):
+    return _gaia(c, "files" if arg == "gaia_files" else "hf")
   c.workflow = "marble"
   c.settle_s = 2.0  # the release's settle sleep after the triggers
   c.lock_hold_s = -1.0  # -1: LOCK_CONTENTION's lock is held until the case ends (see triggers)

@@ -114,3 +114,44 @@ def test_run_case_and_fixed_trajectory_rescore(pg, tiny_model, vacuum_case):
   assert "<answer>" not in again["methods"]["text"]["raw"]  # the model's judger this time
   with pytest.raises(ValueError, match="record of task 6 given with case 7"):
     rescore_case(record, load_cases()[6], model=model, tokenizer=tokenizer, config=config)
+
+
+def test_gaia_files_task_end_to_end(tmp_path, tiny_model):
+  from ps_jax.agents import gaia_runner  # pylint: disable=import-outside-toplevel
+  from ps_jax.agents.gaia import gaia_files_tasks  # pylint: disable=import-outside-toplevel
+  from ps_jax.agents.tools import default_registry  # pylint: disable=import-outside-toplevel
+
+  model, tokenizer = tiny_model
+  task = gaia_files_tasks(tmp_path, 1, 0)[0]
+  path = str(task.files[0])
+  read = (
+    f'<tool_call>\n{{"name": "parse_file", "arguments": {{"files": ["{path}"]}}}}\n</tool_call>'
+  )
+  scripts = [[read, f"The total is <answer>{task.gold}</answer>"], ["<answer>0</answer>"]]
+  judgers = {"text": ScriptedPolicy([[f"<answer>{task.gold}</answer>"]])}
+  config = gaia_runner.GaiaConfig(
+    num_workers=2, judger_max_new_tokens=4, judger_max_steps=1, methods=("text", "pcw")
+  )
+  registry = default_registry()
+  record = gaia_runner.run_task(
+    task,
+    model=model,
+    tokenizer=tokenizer,
+    workers=ScriptedPolicy(scripts),
+    registry=registry,
+    config=config,
+    judger_policies=judgers,
+  )
+  call = record["workers"]["agents"][0]["steps"][0]["calls"][0]
+  assert call["name"] == "parse_file" and call["status"] == "ok"
+  assert record["workers"]["agents"][0]["answer"] == task.gold
+  assert record["methods"]["text"]["score"] == dict(
+    prediction=task.gold, gold=task.gold, correct=True, correct_official=True
+  )
+  text_prompt = record["methods"]["text"]["judger"]["messages"][1]["content"]
+  assert f"[Sub-agent 1]:\nThe total is <answer>{task.gold}</answer>" in text_prompt
+  assert "[Sub-agent 2]:\n<answer>0</answer>" in text_prompt and path in text_prompt
+  pcw = record["methods"]["pcw"]
+  assert "[provided through KV memory]" in pcw["judger"]["messages"][1]["content"]
+  assert pcw["ttft_s"] > 0 and pcw["score"]["gold"] == task.gold
+  assert "search" in registry.tools_block() and "PythonInterpreter" not in registry.tools_block()
