@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import helpers
-from ps_jax.agents import MEMORY_MODES, AgentSession, ModelPolicy, ReactConfig, ToolRegistry
+from ps_jax.agents import MEMORY_MODES, AgentSession, ReactConfig, ToolRegistry
 from ps_jax.agents.judger import JudgerPolicy, run_judger
 from ps_jax.agents.protocol import cut_at_tool_response
 from ps_jax.agents.react import run_react
@@ -167,12 +167,10 @@ def test_reprefilled_records_equal_live_capture(model_and_tokenizer, tmp_path):
 
 def test_records_without_ids_are_rendered(model_and_tokenizer):
   model, tokenizer = model_and_tokenizer
-  policy = ModelPolicy(model, tokenizer, max_new_tokens=5, capacity=128)
   convs = [[{"role": "user", "content": f"Say {w}."}] for w in ("yes", "no")]
-  traces = run_react(policy, ToolRegistry(), convs, ReactConfig(max_steps=1))
-  texts = [{"messages": t.messages} for t in traces]  # no token ids: re-rendered, as the release
-  if any(not t.messages[-1]["content"] for t in traces):
-    pytest.skip("the random model wrote an empty turn")
+  # No token ids (a scripted agent, a trace from elsewhere): re-rendered, as the release does.
+  texts = [{"messages": c + [{"role": "assistant", "content": f"I say {i}."}]} for i, c in
+           enumerate(convs)]  # fmt: skip
   got = branches_from_records(model, tokenizer, [texts], "final_output")
   prompt = encode_prompts(tokenizer, [convs[0]])[0]
   row, slots = record_row(tokenizer, texts[0], "final_output")
