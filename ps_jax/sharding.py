@@ -158,6 +158,9 @@ def _ici_shape(config: MeshConfig, num_devices: int) -> list[int]:
   return shape
 
 
+_PLURAL = {"slice": "slices", "process": "processes"}
+
+
 def hybrid_device_array(config: MeshConfig, devices: Sequence) -> np.ndarray:
   """Devices [data, fsdp, tensor] for a multi-slice / multi-host mesh: ICI shape within each
   granule (slice or process), DCN shape across them (`mesh_utils.create_hybrid_device_mesh`)."""
@@ -170,8 +173,8 @@ def hybrid_device_array(config: MeshConfig, devices: Sequence) -> np.ndarray:
     )
   if len(granules) != config.num_granules:
     raise ValueError(
-      f"mesh.dcn={config.dcn} needs {config.num_granules} {config.granule}s, the devices span "
-      f"{len(granules)}"
+      f"mesh.dcn={config.dcn} needs {config.num_granules} {_PLURAL[config.granule]}, the devices "
+      f"span {len(granules)}"
     )
   per_granule = len(devices) // len(granules)
   ici = _ici_shape(config, per_granule)

@@ -1,20 +1,30 @@
-"""Sharded forward on 8 fake CPU devices == the 1-device forward; the rules table really shards."""
+"""Sharded forward on 8 fake CPU devices == the 1-device forward; the rules table really shards;
+rules presets and overrides from the config; hybrid (ICI x DCN) device layouts."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 import helpers
 from ps_jax.sharding import (
+  DEFAULT_RULES,
+  LOGICAL_AXES,
+  MESH_AXES,
+  RULE_PRESETS,
   MeshConfig,
   batch_sharding,
+  hybrid_device_array,
   logical_to_spec,
   make_mesh,
+  rules_from_config,
   shard_model,
   sharded_forward,
   state_shardings,
@@ -142,3 +152,130 @@ def test_batch_sharding_and_mesh_errors():
     make_mesh(MeshConfig(data=2, fsdp=4, tensor=2))
   small = make_mesh(MeshConfig(data=1, fsdp=2, tensor=2))  # a smaller mesh: the first devices
   assert list(small.devices.flat) == jax.devices()[:4]
+
+
+# --- rules from the config (presets, overrides) and meshes from the config (ICI x DCN) ---
+
+
+def test_presets_cover_the_logical_axes_and_the_configs_agree():
+  from configs import common, demo
+
+  assert common.LOGICAL_AXES == LOGICAL_AXES
+  for name, rules in RULE_PRESETS.items():
+    assert [a for a, _ in rules] == list(LOGICAL_AXES), name
+    assert dict(rules)["batch"] == ("data", "fsdp"), name
+  assert RULE_PRESETS["fsdp"] == DEFAULT_RULES
+  c = demo.get_config()
+  assert rules_from_config(c.sharding) == DEFAULT_RULES  # the demo's preset, no override
+  assert rules_from_config(None) == DEFAULT_RULES
+
+
+def test_rules_from_config_presets_and_overrides():
+  from configs import common
+
+  s = common.sharding_section("tensor")
+  assert dict(rules_from_config(s))["embed"] is None
+  s.rules.embed = ("fsdp",)  # one rule overridden
+  s.rules.mlp = ()  # () = replicated
+  s.rules.batch = ("data",)
+  table = dict(rules_from_config(s))
+  assert table["embed"] == "fsdp" and table["mlp"] is None and table["batch"] == "data"
+  assert table["q_heads"] == "tensor"  # the rest is the preset's
+  # A config.json round trip gives lists and nulls.
+  assert dict(rules_from_config({"preset": "data", "rules": {"embed": ["fsdp", "tensor"]}}))[
+    "embed"
+  ] == ("fsdp", "tensor")
+  with pytest.raises(ValueError, match="sharding.preset='zero3'"):
+    rules_from_config({"preset": "zero3"})
+  with pytest.raises(ValueError, match="sharding.rules.embd: unknown logical axis"):
+    rules_from_config({"preset": "fsdp", "rules": {"embd": ("fsdp",)}})
+  with pytest.raises(ValueError, match="'model' is not one of"):
+    rules_from_config({"preset": "fsdp", "rules": {"embed": "model"}})
+  with pytest.raises(ValueError, match="names a mesh axis twice"):
+    rules_from_config({"preset": "fsdp", "rules": {"embed": ("fsdp", "fsdp")}})
+
+
+@pytest.mark.parametrize(
+  "preset,expect",
+  [
+    ("fsdp", {"embed": P("tensor", "fsdp"), "blocks/mlp/down/kernel": P(None, "tensor", "fsdp")}),
+    ("tensor", {"embed": P("tensor", None), "blocks/mlp/down/kernel": P(None, "tensor", None)}),
+    ("data", {"embed": P(None, None), "blocks/mlp/down/kernel": P(None, None, None)}),
+  ],
+)
+def test_presets_shard_the_parameters(setup, preset, expect):
+  model = setup[0]
+  mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+  rules = rules_from_config({"preset": preset})
+  flat = _flat(state_shardings(nnx.state(model), mesh, rules))
+  for name, spec in expect.items():
+    assert flat[name].spec == spec, (preset, name)
+  assert batch_sharding(mesh, 2, rules).spec == P(("data", "fsdp"), None)
+
+
+def test_tensor_preset_forward_equals_single_device(setup):
+  model, tokens, positions, ref = setup
+  mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=8))  # 4 heads x 16 = 64 over 8 devices
+  forward, params = sharded_forward(model, mesh, rules_from_config({"preset": "tensor"}))
+  q = _flat(params)["blocks/attn/q/kernel"][...]
+  assert q.sharding.spec == P(None, None, "tensor")
+  logits = forward(params, jnp.asarray(tokens), jnp.asarray(positions))
+  assert float(np.abs(np.asarray(logits) - ref).max()) <= 1e-5
+
+
+def test_mesh_config_from_config():
+  from configs import common
+
+  m = common.mesh_section(data=1, fsdp=-1, tensor=2)
+  m.dcn.data = 2
+  config = MeshConfig.from_config(m)
+  assert config == MeshConfig(data=1, fsdp=-1, tensor=2, dcn=(2, 1, 1), granule="slice")
+  assert MeshConfig.from_config({"data": 1, "fsdp": 4, "tensor": 2}).dcn == (1, 1, 1)
+  assert MeshConfig.from_config({"fsdp": 4, "dcn": [1, 2, 1]}).dcn == (1, 2, 1)
+  with pytest.raises(ValueError, match="mesh.dcn: unknown axes"):
+    MeshConfig.from_config({"fsdp": 4, "dcn": {"model": 2}})
+  with pytest.raises(ValueError, match="mesh.granule='host'"):
+    MeshConfig(granule="host")
+  with pytest.raises(ValueError, match="mesh.dcn=.*sizes >= 1"):
+    MeshConfig(dcn=(0, 1, 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class _FakeDevice:  # what create_hybrid_device_mesh reads of a device
+  id: int
+  slice_index: int
+  process_index: int = 0
+  platform: str = "cpu"
+  device_kind: str = "cpu"
+
+
+def test_hybrid_device_array_puts_slices_on_the_dcn_axis():
+  # 2 slices of 4 devices; ICI (data=1, fsdp=2, tensor=2) x DCN (data=2).
+  devices = [_FakeDevice(i, slice_index=i // 4) for i in range(8)]
+  config = MeshConfig(data=1, fsdp=-1, tensor=2, dcn=(2, 1, 1))
+  arr = hybrid_device_array(config, devices)
+  assert arr.shape == (2, 2, 2)
+  for d in range(2):  # each half of the data axis is one whole slice
+    assert {dev.slice_index for dev in arr[d].flat} == {d}
+  assert sorted(dev.id for dev in arr.flat) == list(range(8))
+  # The same devices as the mesh of real devices: the (data, fsdp, tensor) Mesh builds.
+  real = jax.devices()
+  mesh = Mesh(np.vectorize(lambda dev: real[dev.id], otypes=[object])(arr), MESH_AXES)
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  # fsdp x tensor across the slices, data within: also possible (dcn on fsdp).
+  arr = hybrid_device_array(MeshConfig(data=2, fsdp=1, tensor=2, dcn=(1, 2, 1)), devices)
+  assert {dev.slice_index for dev in arr[:, 0].flat} == {0}
+  assert {dev.slice_index for dev in arr[:, 1].flat} == {1}
+
+
+def test_hybrid_mesh_errors():
+  devices = [_FakeDevice(i, slice_index=i // 4) for i in range(8)]
+  with pytest.raises(ValueError, match=r"needs 4 slices, the devices span 2"):
+    hybrid_device_array(MeshConfig(fsdp=-1, dcn=(4, 1, 1)), devices)
+  with pytest.raises(ValueError, match=r"ICI shape \(1, 2, 1\) must cover the 4 devices"):
+    hybrid_device_array(MeshConfig(fsdp=2, dcn=(2, 1, 1)), devices)
+  # Real CPU devices carry no slice index; one process is one granule.
+  with pytest.raises(ValueError, match="carry no slice_index"):
+    make_mesh(MeshConfig(fsdp=-1, dcn=(2, 1, 1)))
+  with pytest.raises(ValueError, match="needs 2 processes, the devices span 1"):
+    make_mesh(MeshConfig(fsdp=-1, dcn=(2, 1, 1), granule="process"))
