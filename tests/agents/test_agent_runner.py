@@ -155,3 +155,13 @@ def test_gaia_files_task_end_to_end(tmp_path, tiny_model):
   assert "[provided through KV memory]" in pcw["judger"]["messages"][1]["content"]
   assert pcw["ttft_s"] > 0 and pcw["score"]["gold"] == task.gold
   assert "search" in registry.tools_block() and "PythonInterpreter" not in registry.tools_block()
+  # The launcher's report for GAIA: both scorers, no chance line.
+  from launch.agent import summarize, write_report  # pylint: disable=import-outside-toplevel
+
+  summary = summarize([record], config.methods)
+  summary.update(cases_selected=1, errors=0, model="tiny", machine="cpu")
+  write_report(summary, str(tmp_path), "gaia-files")
+  md = (tmp_path / "agent.md").read_text()
+  assert summary["methods"]["text"]["official"]["accuracy"] == 1.0
+  assert "| text | 100.0 | 20.7-100.0 | 100.0 | 20.7-100.0 |" in md and "Chance" not in md
+  assert summary["workers"]["tool_counts"]["tool_calls"] == 1

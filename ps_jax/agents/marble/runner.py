@@ -43,6 +43,7 @@ from ps_jax.agents.session import MEMORY_MODES
 from ps_jax.agents.tools.query_db import QueryDB
 from ps_jax.agents.tools.registry import ToolRegistry
 from ps_jax.agents.trajectories import agent_record, branches_from_records
+from ps_jax.generation import encode_prompts
 from ps_jax.synthesis import METHOD_TABLE, METHODS
 
 # --- the release's prompts (marble_db/prompts.py) ---
@@ -191,8 +192,6 @@ class TimedModelPolicy(ModelPolicy):
     self.turn_times: list[dict[str, Any]] = []
 
   def __call__(self, conversations, active):
-    from ps_jax.generation import encode_prompts  # pylint: disable=import-outside-toplevel
-
     ids = [
       encode_prompts(self.tokenizer, [list(c)])[0] if on else None
       for c, on in zip(conversations, active, strict=True)
