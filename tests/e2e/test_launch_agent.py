@@ -35,6 +35,7 @@ def _case(workdir, task_id):
     return json.load(f)
 
 
+@pytest.mark.slow  # two launcher processes (~35 s of CPU)
 def test_launch_agent_tiny_then_fixed_trajectories(tmp_path):
   reason = postgres.available()
   if reason is not None:
