@@ -18,6 +18,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from launch import _flags
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file (see configs/bench_forward.py).", lock_config=True
@@ -54,6 +56,7 @@ def set_threads(n: int) -> dict:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _flags.initialize_distributed()  # first: before anything queries devices
   c = _CONFIG.value
   threads = set_threads(c.num_threads)  # before anything runs on JAX's CPU backend
   import ps_jax as ps  # pylint: disable=import-outside-toplevel

@@ -25,6 +25,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 from absl import app, flags
 from ml_collections import config_flags
 
+from launch import _flags
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file (see configs/bench_ttft.py).", lock_config=True
@@ -72,6 +74,7 @@ def _model_name(c, config) -> str:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _flags.initialize_distributed()  # first: before anything queries devices
   from configs import bench_ttft  # pylint: disable=import-outside-toplevel
   from ps_jax.bench import ttft, ttft_report  # pylint: disable=import-outside-toplevel
 

@@ -14,6 +14,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from launch import _flags
 from ps_jax.experiment import build_model, distill_config
 
 flags.DEFINE_string(
@@ -29,6 +30,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _flags.initialize_distributed()  # first: before anything queries devices
   from ps_jax.train import distill as distill_lib  # pylint: disable=import-outside-toplevel
 
   c = FLAGS.config

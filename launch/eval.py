@@ -12,6 +12,8 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
+from launch import _flags
+
 flags.DEFINE_string("workdir", None, "Output directory (resumable).", required=True)
 config_flags.DEFINE_config_file("config", None, "Evaluation config file.", lock_config=True)
 flags.mark_flags_as_required(["config"])  # a clear usage error, before anything runs
@@ -20,6 +22,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  _flags.initialize_distributed()  # first: before anything queries devices
   import ps_jax as ps  # pylint: disable=import-outside-toplevel
   from ps_jax.evals import load_eval_dataset  # pylint: disable=import-outside-toplevel
   from ps_jax.evals.runner import EvalConfig, SamplingWorkers, run_eval  # pylint: disable=import-outside-toplevel

@@ -23,6 +23,8 @@ import json
 
 from absl import app, flags
 
+from launch import _flags
+
 flags.DEFINE_string(
   "workdir", None, "Training workdir (config.json + checkpoints/).", required=True
 )
@@ -36,6 +38,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _flags.initialize_distributed()  # first: before anything queries devices
   from ps_jax.train.export import export_adapter  # pylint: disable=import-outside-toplevel
 
   info = export_adapter(

@@ -16,6 +16,8 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from launch import _flags
+
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file (see configs/generate.py).", lock_config=True
 )
@@ -25,6 +27,7 @@ flags.mark_flags_as_required(["config"])  # a clear usage error, before anything
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _flags.initialize_distributed()  # first: before anything queries devices
   import jax  # pylint: disable=import-outside-toplevel
 
   import ps_jax as ps  # pylint: disable=import-outside-toplevel

@@ -13,6 +13,8 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from launch import _flags
+
 flags.DEFINE_string("workdir", None, "Directory for the cells and the report.", required=True)
 config_flags.DEFINE_config_file("config", None, "Study config file.", lock_config=True)
 flags.mark_flags_as_required(["config"])  # a clear usage error, before anything runs
@@ -22,6 +24,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _flags.initialize_distributed()  # first: before anything queries devices
   import logging as pylogging  # pylint: disable=import-outside-toplevel
 
   from ps_jax.train.study import run_study  # pylint: disable=import-outside-toplevel

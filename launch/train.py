@@ -12,9 +12,12 @@ Training rows come from `--config.data.sources` (the synthetic suite, jsonl:, tf
 sources; see configs/demo.py), tokenized by the grain pipeline (`--config.pipeline.worker_count`
 worker processes). Writes metrics.jsonl and loss.png to --workdir.
 
-Resumes automatically from the newest good checkpoint in --workdir. Multi-host: pass
---coordinator_address, --num_processes and --process_id (or rely on the TPU/SLURM
-auto-detection of `jax.distributed.initialize`) to run one process per host.
+Resumes automatically from the newest good checkpoint in --workdir, whatever the number of
+processes or devices that wrote it. Multi-process (one process per host, all writing to one
+workdir on a shared filesystem): --distributed=explicit with --coordinator_address,
+--num_processes and --process_id, or --distributed=auto on a cluster that jax detects (TPU
+pods, SLURM, Open MPI); see docs/multihost.md. On SIGTERM (a preemption notice) every process
+stops after the same step, saves it and exits with status 143; the same command resumes.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from launch import _flags
 from ps_jax.experiment import (
   build_model,
   build_rows,
@@ -39,13 +44,10 @@ from ps_jax.experiment import (
 flags.DEFINE_string(
   "workdir", None, "Directory for checkpoints, metrics and the report.", required=True
 )
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
-flags.DEFINE_integer("num_processes", None, "Number of JAX processes (multi-process).")
-flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with auto-detection.")
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.mark_flags_as_required(["config"])  # a clear usage error, before anything runs
 FLAGS = flags.FLAGS
+PREEMPTED_EXIT_CODE = 128 + 15  # as if ended by SIGTERM: a scheduler sees an unfinished run
 
 
 def _quiet_orbax() -> None:
@@ -59,13 +61,11 @@ def _quiet_orbax() -> None:
 
 def main(argv):
   del argv
+  _flags.initialize_distributed()  # first: before anything queries devices
   import jax  # pylint: disable=import-outside-toplevel
 
   _quiet_orbax()
-  if FLAGS.coordinator_address or FLAGS.distributed:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  from ps_jax.data import synthetic  # pylint: disable=import-outside-toplevel
-  from ps_jax.train.heldout import evaluate_methods, write_report  # pylint: disable=import-outside-toplevel
+  from ps_jax import distributed  # pylint: disable=import-outside-toplevel
   from ps_jax.train.loop import train  # pylint: disable=import-outside-toplevel
 
   c = FLAGS.config
@@ -96,12 +96,29 @@ def main(argv):
     )
     seconds[method] = time.perf_counter() - start
     result = results[method]
+    if result.preempted:
+      print(
+        f"{method}: preempted after step {result.last_step} (checkpoint saved in {workdir}); "
+        "rerun the same command to resume"
+      )
+      sys.exit(PREEMPTED_EXIT_CODE)
     print(
       f"{method}: trained {result.last_step} steps in {seconds[method]:.0f} s; last loss "
       f"{result.history[-1]['loss'] if result.history else float('nan'):.4f}"
     )
-  if not c.eval.enabled or jax.process_index() != 0:
-    return
+  if c.eval.enabled and jax.process_index() == 0:  # one process evaluates and reports
+    _evaluate(c, model, tokenizer, rows, methods, results, seconds)
+  # The others wait here: a process that left now would fail jax's shutdown barrier, whose
+  # timeout is shorter than an evaluation.
+  distributed.barrier("launch.train finished")
+
+
+def _evaluate(c, model, tokenizer, rows, methods, results, seconds) -> None:
+  """Evaluates c.eval.methods on the held-out rows and writes the report to --workdir."""
+  from ps_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+  from ps_jax.train.heldout import evaluate_methods, write_report  # pylint: disable=import-outside-toplevel
+
+  train_rows, heldout, _ = rows
 
   def scorer(row, text):
     return synthetic.score(row.meta["family"], text, row.answer)

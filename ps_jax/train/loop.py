@@ -3,6 +3,12 @@
 Writes to the workdir: checkpoints/, metrics.jsonl (one record per step), tensorboard/ and
 loss.png (the training loss per step and the held-out loss where evaluated; redrawn on each
 evaluation and at the end), the last three from process 0 only.
+
+Multi-process (ps_jax.distributed): every process runs `train` with the same arguments. The
+mesh must hold devices of every process; each process reads its share of every global batch
+(the grain pipeline shards by process) and `distributed.global_batch` joins the shares into
+one jax.Array on the mesh. A preemption (SIGTERM to any process) stops all of them after the
+same step, with a checkpoint of it (`TrainResult.preempted`).
 """
 
 from __future__ import annotations
@@ -18,12 +24,12 @@ import time
 from collections.abc import Sequence
 
 import jax
-import numpy as np
 from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from ps_jax import distributed
 from ps_jax.adapter import Adapter
 from ps_jax.data.pipeline import (
   PipelineConfig,
@@ -118,6 +124,7 @@ class TrainResult:
   adapter: Adapter
   last_step: int
   history: list[dict]  # the metrics.jsonl records of this run (resumed steps included)
+  preempted: bool = False  # stopped at `last_step` (checkpointed) before cfg.num_steps
 
 
 def _read_metrics(path: str, up_to_step: int) -> list[dict]:
@@ -165,13 +172,18 @@ def train(
   logging.info("train rows: %s; eval rows: %s", train_stats, eval_stats)
 
   mesh = make_mesh(cfg.mesh)
+  # [B, ...]: rows over the batch axes, the other axes replicated.
+  batch_in = batch_sharding(mesh, 1, cfg.rules)
+  _check_batch_layout(mesh, batch_in, cfg.pipeline.batch_size)
   model_graphdef, model_params = nnx.split(model)
   model_params = jax.device_put(model_params, state_shardings(model_params, mesh, cfg.rules))
   adapter = make_adapter(model.config, cfg.adapter, cfg.method)
   adapter_graphdef, _, adapter_rest = split_adapter(adapter)
   optimizer = make_optimizer(cfg.optimizer)
   replicated = NamedSharding(mesh, PartitionSpec())
-  state = jax.device_put(init_state(adapter, optimizer), replicated)
+  # The optimizer state is made on the mesh (a leaf left on one device could not be saved by
+  # several processes).
+  state = init_state(adapter, optimizer, sharding=replicated)
 
   statics = dict(
     model_graphdef=model_graphdef,
@@ -197,7 +209,11 @@ def train(
     max_to_keep=cfg.max_checkpoints,
   )
   start_step = 0
-  restored = ckpt.restore_latest(abstract_like(state))
+  try:
+    restored = ckpt.restore_latest(abstract_like(state))
+  except BaseException:
+    ckpt.close()  # also gives SIGTERM back (a single process watches it while training)
+    raise
   if restored is not None:
     start_step, state, data_state = restored
     state = jax.device_put(state, replicated)
@@ -214,12 +230,7 @@ def train(
   plot_path = os.path.join(workdir, "loss.png")
 
   def to_global(batch):
-    return {
-      k: jax.make_array_from_process_local_data(
-        batch_sharding(mesh, v.ndim, cfg.rules), np.asarray(v)
-      )
-      for k, v in batch.items()
-    }
+    return distributed.global_batch(batch, batch_in)
 
   def evaluate(state) -> dict:
     if not len(eval_rows):
@@ -244,6 +255,7 @@ def train(
     total=cfg.num_steps, initial=start_step, desc="train", unit="step", disable=pindex != 0
   )
   step = start_step
+  preempted = False
   metrics_file = open(metrics_path, "a") if pindex == 0 else None  # pylint: disable=consider-using-with
   try:
     while step < cfg.num_steps:
@@ -282,8 +294,15 @@ def train(
           plot_losses(history, plot_path)
       bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
       bar.update(1)
-      if ckpt.should_save(step) or step == cfg.num_steps:
+      saving = ckpt.should_save(step) or step == cfg.num_steps
+      if saving:
         ckpt.save(step, state, iterator.get_state())
+      if ckpt.reached_preemption(step):  # the same step on every process
+        if not saving:
+          ckpt.save(step, state, iterator.get_state())
+        logging.warning("preempted: stopping after step %d (checkpoint saved)", step)
+        preempted = True
+        break
   finally:
     bar.close()
     iterator.close()
@@ -293,7 +312,31 @@ def train(
     if writer is not None:
       writer.close()
   nnx.update(adapter, jax.device_get(state.trainable))
-  return TrainResult(adapter=adapter, last_step=step, history=history)
+  return TrainResult(adapter=adapter, last_step=step, history=history, preempted=preempted)
+
+
+def _check_batch_layout(mesh, sharding: NamedSharding, batch_size: int) -> None:
+  """Each process's devices must hold exactly its share of every batch (batch_size / number
+  of processes rows, what the pipeline gives it); a mesh on some processes' devices only
+  (e.g. a 1-device mesh in a 2-process run) leaves the others' rows nowhere."""
+  try:
+    sharding.shard_shape((batch_size,))
+  except ValueError as e:
+    raise ValueError(
+      f"pipeline.batch_size={batch_size} does not split over the batch axes "
+      f"{sharding.spec[0]} of mesh {dict(mesh.shape)}"
+    ) from e
+  pcount = jax.process_count()
+  local = sharding.addressable_devices_indices_map((batch_size,)).values()
+  rows = len({r for (rows_slice,) in local for r in range(*rows_slice.indices(batch_size))})
+  if rows * pcount != batch_size:
+    procs = sorted({d.process_index for d in mesh.devices.flat})
+    raise ValueError(
+      f"mesh {dict(mesh.shape)} (devices of processes {procs}) gives process "
+      f"{jax.process_index()} {rows} of the {batch_size} rows of a batch, but each of the "
+      f"{pcount} processes reads {batch_size // pcount}: the mesh must span every process's "
+      "devices evenly (e.g. --config.mesh.fsdp=-1 for all devices)"
+    )
 
 
 def plot_losses(history: Sequence[dict], path: str) -> None:

@@ -58,11 +58,24 @@ def split_adapter(adapter: Adapter):
   return graphdef, trainable, rest
 
 
-def init_state(adapter: Adapter, optimizer: optax.GradientTransformation) -> TrainState:
+def init_state(
+  adapter: Adapter,
+  optimizer: optax.GradientTransformation,
+  *,
+  sharding: jax.sharding.Sharding | None = None,
+) -> TrainState:
+  """The first TrainState of `adapter`; with `sharding`, every leaf (the optimizer's counters
+  too) is made with that sharding, by one jitted init on its devices."""
   trainable = nnx.to_pure_dict(split_adapter(adapter)[1])
-  return TrainState(
-    step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=optimizer.init(trainable)
-  )
+
+  def make(trainable):
+    return TrainState(
+      step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=optimizer.init(trainable)
+    )
+
+  if sharding is None:
+    return make(trainable)
+  return jax.jit(make, out_shardings=sharding)(jax.device_put(trainable, sharding))
 
 
 def loss_fn(

@@ -120,3 +120,49 @@ def test_failed_restore_leaves_no_work_running(
   assert ckpt.manager.all_steps() == [1]  # the unreadable ones were moved aside
   assert sorted(p.split(".")[0] for p in os.listdir(tmp_path)) == ["1", "2", "3"]
   ckpt.close()
+
+
+def _restored_data(directory, tree):
+  ckpt = Checkpointer(str(directory), every_steps=1)
+  try:
+    return ckpt.restore_latest(abstract_like(tree))
+  finally:
+    ckpt.close()
+
+
+def test_data_state_per_process_and_older_layout(tmp_path):
+  """Each process writes data/process_<i>-of-<n>.json (grain's layout); a checkpoint of the
+  older layout (orbax JsonSave: data/metadata) still restores; so does one written by 2
+  processes whose states agree (a restore on another topology), and one whose states differ
+  is refused by name."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  from ps_jax.train import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+
+  tree = {"w": jnp.arange(4.0)}
+  ckpt = Checkpointer(str(tmp_path / "new"), every_steps=1)
+  ckpt.save(1, tree, {"global_next_index": 8})
+  ckpt.close()
+  data = tmp_path / "new" / "1" / "data"
+  assert (data / "process_0-of-1.json").exists()
+  assert _restored_data(tmp_path / "new", tree)[2] == {"global_next_index": 8}
+
+  with ocp.CheckpointManager(str(tmp_path / "old")) as old:
+    old.save(
+      3,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(tree), data=ocp.args.JsonSave({"next_index": 3})
+      ),
+    )
+  step, restored, data_state = _restored_data(tmp_path / "old", tree)
+  assert step == 3 and data_state == {"next_index": 3}
+  np.testing.assert_array_equal(np.asarray(restored["w"]), np.arange(4.0))
+
+  os.remove(data / "process_0-of-1.json")
+  for i in range(2):
+    (data / f"process_{i}-of-2.json").write_text(json.dumps({"global_next_index": 8}))
+  assert _restored_data(tmp_path / "new", tree)[2] == {"global_next_index": 8}
+  (data / "process_1-of-2.json").write_text(json.dumps({"global_next_index": 9}))
+  handler = ckpt_lib._IteratorStateHandler()  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="states differ, so they cannot resume on 1 processes"):
+    handler.restore(data)

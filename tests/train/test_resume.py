@@ -72,9 +72,9 @@ def test_kill_9_mid_training_then_rerun_matches_uninterrupted(
     )
     try:
       deadline = time.monotonic() + 420
-      while True:  # step 5's record is written after the (synchronous) save of step 4
+      while True:  # saves are asynchronous: wait for step 5's record and for checkpoint 4
         records = _complete_records(metrics)
-        if records and records[-1]["step"] >= 5:
+        if records and records[-1]["step"] >= 5 and 4 in _steps(workdir):
           break
         if proc.poll() is not None or time.monotonic() > deadline:
           pytest.fail(
@@ -191,8 +191,8 @@ def _flip_data(p):
 
 
 def _garbage_iterator_state(p):
-  with open(os.path.join(p, "data", "metadata"), "w") as f:
-    f.write('{"next_ind')
+  with open(os.path.join(p, "data", "process_0-of-1.json"), "w") as f:
+    f.write('{"global_next_ind')
 
 
 def _remove(rel):
