@@ -3,8 +3,9 @@ AOT-compiled on fake CPU devices laid out as a v5p-64 slice (32 chips) and as 8 
 
   python -m launch.scaling_plan --config configs/scaling.py
 
-Writes docs/scaling.md and docs/scaling.json (about 5 minutes on 2 CPU cores: each compile
+Writes docs/scaling.md and docs/scaling.json: about 6 minutes on 2 CPU cores (each compile
 takes 15-40 s and under 1 GB of host memory; nothing of the model is materialised).
+`--render_only` rewrites the .md from the .json's rows (e.g. after editing the caveats).
 
 Model: Qwen/Qwen3-14B's config.json (40 layers, hidden 5120, 40 q / 8 kv heads of 128, MLP
 17408, vocab 151936, rope_theta 1e6, untied embeddings, qk-norm), bf16 weights.
@@ -13,7 +14,7 @@ branches (the paper's default number of workers, section 2.9). DESIGN.md gives n
 sequence length; "paper" takes the release's worker budget (4,096 new tokens per worker,
 research/agentic.md) as the branch length with a 1,024-token synthesizer sequence and a
 256-token loss window; "short" (1,024-token branches, 512 synthesizer tokens) shows what fits.
-Layouts: mesh shapes x rules presets (ps_jax.sharding.RULE_PRESETS).
+Layouts: mesh shapes x rules presets (ps_jax.sharding.RULE_PRESETS: fsdp, tensor, data).
 """
 
 import ml_collections
@@ -107,6 +108,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
           _layout("fsdp4_tp2", "fsdp", 1, 4, 2),
           _layout("tp8", "tensor", 1, 1, 8),
           _layout("dp4_tp2", "tensor", 4, 1, 2),
+          # Pure data parallel: one row per GPU, the whole model on each (4 of the 8 GPUs:
+          # the batch has 4 rows).
+          _layout("dp4", "data", 4, 1, 1),
         ],
       ),
     )
@@ -129,6 +133,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     "The batch is split only over mesh axes that divide it (4 rows): layouts with more"
     " batch-splitting devices than rows compute the same rows on several devices (see the"
     " batch split column and FLOPs per device).",
+    "h100x8's dp4 layout uses 4 of the 8 GPUs (one row each); the others use all 8.",
     "HBM is the nominal capacity per chip (H100 SXM 80 GB, v5p 95 GB) compared as GiB; the"
     " usable share is lower (e.g. XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 in launch/slurm), so a row"
     " within ~10% of it is borderline.",

@@ -36,6 +36,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _TARGET = flags.DEFINE_string("target", None, "Internal: plan one target (in a subprocess).")
 _OUT = flags.DEFINE_string("target_out", None, "Internal: where the target's rows go (JSON).")
+_RENDER_ONLY = flags.DEFINE_bool(
+  "render_only", False, "Rewrite <out>.md from the rows of an existing <out>.json (no compile)."
+)
 
 GIB = 2**30
 
@@ -470,6 +473,14 @@ def main(argv) -> None:
     with open(_OUT.value, "w") as f:
       json.dump(rows, f)
     return
+  out = c.out if os.path.isabs(c.out) else os.path.join(_ROOT, c.out)
+  if _RENDER_ONLY.value:
+    with open(out + ".json") as f:
+      saved = json.load(f)
+    with open(out + ".md", "w") as f:
+      f.write(render(c, saved["rows"], saved["meta"]))
+    print(f"wrote {out}.md from {out}.json")
+    return
   import jax  # pylint: disable=import-outside-toplevel
 
   # The config flag and its overrides, passed on to each target's subprocess.
@@ -485,7 +496,6 @@ def main(argv) -> None:
     "jax": jax.__version__,
     "cpu_cores": len(os.sched_getaffinity(0)),
   }
-  out = c.out if os.path.isabs(c.out) else os.path.join(_ROOT, c.out)
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with open(out + ".json", "w") as f:
     json.dump(
