@@ -59,7 +59,7 @@ class Checkpointer:
         max_to_keep=max_to_keep, enable_async_checkpointing=async_save
       ),
     )
-    self._sigterm = _SigtermWatch() if not jax.distributed.is_initialized() else None
+    self._sigterm: _SigtermWatch | None = None  # installed by the first reached_preemption
 
   def should_save(self, step: int) -> bool:
     return step % self.every_steps == 0
@@ -77,10 +77,13 @@ class Checkpointer:
 
   def reached_preemption(self, step: int) -> bool:
     """True at the step where every process stops for a preemption (see the module
-    docstring); call it at every step, on every process."""
-    if self._sigterm is not None:
-      return self._sigterm.received
-    return self.manager.reached_preemption(step)
+    docstring); call it at every step, on every process. A single process without
+    jax.distributed handles SIGTERM itself from the first call until `close`."""
+    if jax.distributed.is_initialized():
+      return self.manager.reached_preemption(step)
+    if self._sigterm is None:
+      self._sigterm = _SigtermWatch()
+    return self._sigterm.received
 
   def wait(self) -> None:
     """Blocks until the saves started so far are written."""

@@ -166,3 +166,20 @@ def test_data_state_per_process_and_older_layout(tmp_path):
   handler = ckpt_lib._IteratorStateHandler()  # pylint: disable=protected-access
   with pytest.raises(ValueError, match="states differ, so they cannot resume on 1 processes"):
     handler.restore(data)
+
+
+def test_single_process_sigterm_is_a_preemption_until_close(tmp_path):
+  """Without jax.distributed, the training loop's first `reached_preemption` call starts
+  watching SIGTERM (recorded instead of ending the process); `close` gives it back."""
+  import signal  # pylint: disable=import-outside-toplevel
+
+  before = signal.getsignal(signal.SIGTERM)
+  ckpt = Checkpointer(str(tmp_path), every_steps=1)
+  assert signal.getsignal(signal.SIGTERM) is before  # a plain save/restore user is untouched
+  try:
+    assert not ckpt.reached_preemption(1)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert ckpt.reached_preemption(2)
+  finally:
+    ckpt.close()
+  assert signal.getsignal(signal.SIGTERM) is before
