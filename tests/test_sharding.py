@@ -4,6 +4,10 @@ rules presets and overrides from the config; hybrid (ICI x DCN) device layouts."
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -279,3 +283,57 @@ def test_hybrid_mesh_errors():
     make_mesh(MeshConfig(fsdp=-1, dcn=(2, 1, 1)))
   with pytest.raises(ValueError, match="needs 2 processes, the devices span 1"):
     make_mesh(MeshConfig(fsdp=-1, dcn=(2, 1, 1), granule="process"))
+
+
+_HYBRID_WORKER = """
+import sys
+import jax
+i, port = int(sys.argv[1]), sys.argv[2]
+jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=i)
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ps_jax.sharding import MeshConfig, make_mesh
+mesh = make_mesh(MeshConfig(data=1, fsdp=-1, tensor=1, dcn=(2, 1, 1), granule="process"))
+procs = np.vectorize(lambda d: d.process_index)(mesh.devices)
+assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 1}, mesh.shape
+assert (procs[0] == 0).all() and (procs[1] == 1).all(), procs
+rows = jax.make_array_from_process_local_data(
+  NamedSharding(mesh, P("data")), np.full((1, 4), i + 1.0, np.float32)
+)
+total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(rows)
+print("total", float(total))
+"""
+
+
+def test_hybrid_mesh_across_two_real_processes(tmp_path):
+  """granule="process" (multi-node GPU): 2 processes x 2 CPU devices; the DCN (data) axis
+  splits the processes, fsdp runs within each, and a reduction over the mesh sees both."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2", XLA_FLAGS="")
+  env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", _HYBRID_WORKER, str(i), str(port)],
+      env=env,
+      cwd=repo,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=120))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (out, err) in zip(procs, outs, strict=True):
+    assert p.returncode == 0, err[-3000:]
+    assert "total 12.0" in out, out  # 4 x 1.0 from process 0 + 4 x 2.0 from process 1
