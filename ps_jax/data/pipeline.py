@@ -337,7 +337,13 @@ def make_dataset(
   and the global batch (up to the order of its rows) does not depend on the process count.
   Its state, {"global_next_index": elements read by all processes}, is the same on every
   process and resumes with any process or worker count. With repeat=False the dataset is one
-  pass of full global batches (a remainder smaller than batch_size is left out).
+  pass of full global batches (a remainder smaller than batch_size is left out), so every
+  process gets the same number of batches: none runs out while another waits for it in a
+  collective.
+
+  A process reads and transforms only its own rows; the training loop joins the processes'
+  batches into one global array with `ps_jax.distributed.global_batch`, and each process
+  checkpoints its iterator's state (ps_jax.train.checkpoint).
   """
   if not len(elements):
     raise ValueError("no trainable examples (all rows were skipped?)")

@@ -11,7 +11,7 @@ very same executable that the compile would have produced, so no number below de
   subprocess on ONE CPU device (the 8-device flag of tests/conftest.py is removed), with the
   same cache.
 - `reference_run`: one uninterrupted 8-step run of configs/tiny.py (fp32, 1 device) shared by
-  the kill/resume, corrupt-checkpoint and two-process tests.
+  the kill/resume and corrupt-checkpoint tests (multi-process runs: tests/multihost).
 - `tokenizer`, `tiny_model`: SmolLM2's tokenizer and a 2-layer random model, built once.
 """
 
