@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 import helpers
+from ps_jax.experiment import train_config
 from ps_jax.sharding import (
   DEFAULT_RULES,
   LOGICAL_AXES,
@@ -172,6 +173,11 @@ def test_presets_cover_the_logical_axes_and_the_configs_agree():
   c = demo.get_config()
   assert rules_from_config(c.sharding) == DEFAULT_RULES  # the demo's preset, no override
   assert rules_from_config(None) == DEFAULT_RULES
+  # launch.train's TrainConfig carries the config's rules and mesh.
+  c.sharding.preset = "tensor"
+  c.mesh.dcn.data = 2
+  cfg = train_config(c)
+  assert cfg.rules == RULE_PRESETS["tensor"] and cfg.mesh.dcn == (2, 1, 1)
 
 
 def test_rules_from_config_presets_and_overrides():
