@@ -119,7 +119,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.caveats = [
     "Memory comes from XLA:CPU's compile of the SPMD-partitioned step, an estimate of what"
     " the TPU and GPU compilers would allocate: their fusion, layout, rematerialisation and"
-    " collective buffers differ (libtpu may rematerialise to fit HBM; XLA:CPU does not try).",
+    " collective buffers differ (the accelerator compilers can rematerialise against the"
+    " device's memory limit, which a CPU compile has no reason to do), so a *temp* above HBM"
+    " is a strong warning, not a proof of an out-of-memory error.",
     "The devices are fake CPU devices: no interconnect topology (ICI torus, NVLink, DCN) is"
     " modelled, so the step time counts FLOPs only, not communication or its overlap.",
     "FLOPs are the matmul FLOPs of the partitioned program counted from the compiled HLO"
