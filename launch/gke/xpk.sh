@@ -9,6 +9,9 @@
 #   DEVICE=v5p-64 NUM_SLICES=2 bash launch/gke/xpk.sh --config=configs/demo.py
 #   # GPUs: DEVICE=h100-80gb-8 NUM_NODES=4 (one process per node, 8 GPUs each)
 #
+# GPUs: jax detects a Kubernetes job only with the `kubernetes` package in the image
+# (pip install "jax[k8s]") and a service account allowed to list the job's pods (jax's
+# examples/k8s/svc-acct.yaml); without them --distributed=auto fails at start-up, never silently.
 # Workload names must be DNS labels (lowercase, digits, '-').
 set -euo pipefail
 : "${CLUSTER:?set CLUSTER}" "${IMAGE:?set IMAGE}" "${WORKDIR:?set WORKDIR (gs://...)}"
