@@ -74,3 +74,6 @@ def test_accelerator_extras_pin_the_installed_jax():
   version = importlib.metadata.version("jax")
   assert extras["tpu"] == [f"jax[tpu]=={version}"]
   assert extras["gpu"] == [f"jax[cuda12]=={version}"]
+  # The installed jax offers those extras (libtpu; the CUDA 12 plugin).
+  provided = importlib.metadata.metadata("jax").get_all("Provides-Extra")
+  assert {"tpu", "cuda12"} <= set(provided), provided
