@@ -4,7 +4,8 @@ r"""Run the study: every (training mix, method, seed) trained and evaluated, the
 
 Resumable per cell: a rerun skips the finished cells (their result.json exists) and resumes an
 interrupted cell from its newest checkpoint; the report (WORKDIR/study.{md,json,png}) is
-rewritten from the finished cells at the end of every run. See configs/study.py and
+rewritten from the finished cells at the end of every run (`--report_only`: only that, e.g. for
+an interim report while cells still run elsewhere). See configs/study.py and
 ps_jax/train/study.py.
 """
 
@@ -16,6 +17,7 @@ from ml_collections import config_flags
 from launch import _flags
 
 flags.DEFINE_string("workdir", None, "Directory for the cells and the report.", required=True)
+flags.DEFINE_bool("report_only", False, "Write the report from the finished cells; run none.")
 config_flags.DEFINE_config_file("config", None, "Study config file.", lock_config=True)
 flags.mark_flags_as_required(["config"])  # a clear usage error, before anything runs
 FLAGS = flags.FLAGS
@@ -37,7 +39,7 @@ def main(argv):
     logging.info(msg)
     print(msg, flush=True)
 
-  out = run_study(FLAGS.config, FLAGS.workdir, log=log)
+  out = run_study(FLAGS.config, FLAGS.workdir, log=log, report_only=FLAGS.report_only)
   log(f"ran {len(out['ran'])} cells, skipped {len(out['skipped'])} finished ones")
   print(open(out["paths"]["md"]).read())
 

@@ -368,8 +368,11 @@ def _layouts(c) -> tuple[str, ...]:
   return tuple(c.study.get("branch_layouts", ("fixed",)))
 
 
-def run_study(c, workdir: str, log: Callable[[str], None] = print) -> dict:
-  """Runs every unfinished cell of the study config `c` in `workdir`, then writes the report.
+def run_study(
+  c, workdir: str, log: Callable[[str], None] = print, *, report_only: bool = False
+) -> dict:
+  """Runs every unfinished cell of the study config `c` in `workdir`, then writes the report
+  (with `report_only`, only writes the report from the cells finished so far).
 
   Returns {"ran": [cell names], "skipped": [cell names already finished], "paths": report
   files, "report": the report dict}.
@@ -383,7 +386,7 @@ def run_study(c, workdir: str, log: Callable[[str], None] = print) -> dict:
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(c.to_json_best_effort(indent=1))
   cells = plan(c, workdir)
-  todo = [cell for cell in cells if not cell.done()]
+  todo = [] if report_only else [cell for cell in cells if not cell.done()]
   skipped = [cell.name for cell in cells if cell.done()]
   for name in skipped:
     log(f"cell {name}: finished earlier, skipped")

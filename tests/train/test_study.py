@@ -86,6 +86,11 @@ def test_rerun_skips_finished_cells_and_reruns_an_unfinished_one(first_run):
   os.remove(results[name])
   metrics = os.path.join(os.path.dirname(results[name]), "train", "metrics.jsonl")
   before = open(metrics).read()
+  # --report_only: the report from the finished cells, the unfinished one left alone.
+  out = study.run_study(c, workdir, log=lambda msg: None, report_only=True)
+  assert out["ran"] == [] and not os.path.exists(results[name])
+  assert out["report"]["finished"] == out["report"]["planned"] - 1
+  assert json.load(open(os.path.join(workdir, "study.json")))["finished"] == len(_cell_names(c)) - 1
   out = study.run_study(c, workdir, log=lambda msg: None)
   assert out["ran"] == [name]
   assert open(metrics).read() == before
