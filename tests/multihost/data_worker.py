@@ -5,7 +5,9 @@
 Joins the run with `ps_jax.distributed.initialize(MODE)` (the test fakes a SLURM job for
 "auto"), reads one pass of the training pipeline (`make_dataset`, sharded by grain's
 ShardByJaxProcess) over NUM_ROWS numbered rows, assembles each global batch with
-`distributed.global_batch`, and writes what it saw to OUT_DIR/process_<i>.json.
+`distributed.global_batch`, and writes what it saw to OUT_DIR/process_<i>.json. Also asks
+the training loop's layout check about configs/tiny.py's 1-device mesh (the issue's crash:
+process 1 had no device for its rows) and about a mesh over all devices.
 """
 
 from __future__ import annotations
@@ -28,6 +30,17 @@ def main(out_dir: str, mode: str) -> None:
   from jax.sharding import NamedSharding, PartitionSpec
 
   from ps_jax.data.pipeline import PipelineConfig, make_dataset
+  from ps_jax.sharding import MeshConfig, batch_sharding, make_mesh
+  from ps_jax.train.loop import _check_batch_layout  # pylint: disable=protected-access
+
+  layout_errors = {}
+  for name, config in (("one_device", MeshConfig(fsdp=1)), ("all_devices", MeshConfig())):
+    m = make_mesh(config)
+    try:
+      _check_batch_layout(m, batch_sharding(m, 1), BATCH)
+      layout_errors[name] = None
+    except ValueError as e:
+      layout_errors[name] = str(e)
 
   rows = [{"id": np.int32(i)} for i in range(NUM_ROWS)]
   cfg = PipelineConfig(batch_size=BATCH, repeat=False, seed=3)
@@ -49,6 +62,7 @@ def main(out_dir: str, mode: str) -> None:
     device_count=jax.device_count(),
     local_device_count=jax.local_device_count(),
     coordinator=jax._src.distributed.global_state.coordinator_address,  # pylint: disable=protected-access
+    layout_errors=layout_errors,
     local_ids=local_ids,
     global_ids=global_ids,
   )

@@ -226,6 +226,18 @@ def test_auto_mode_detects_a_faked_slurm_job(slurm):
     assert r["coordinator"] == f"localhost:{port}"
 
 
+def test_a_mesh_missing_a_process_is_refused_by_name(slurm):
+  """The issue's crash (StopIteration inside make_array_from_process_local_data, one process
+  training alone on half the batch): configs/tiny.py's 1-device mesh in a 2-process run."""
+  _, results = slurm
+  for r in results:
+    assert r["layout_errors"]["all_devices"] is None
+    error = r["layout_errors"]["one_device"]
+    assert error and "(devices of processes [0])" in error, error
+    assert "the mesh must span every process's devices" in error, error
+    assert f"gives process {r['process_index']} {4 - 4 * r['process_index']} of the 4 rows" in error
+
+
 def test_each_process_reads_a_disjoint_shard_and_together_all_rows(slurm):
   from ps_jax.data.pipeline import PipelineConfig, make_dataset
 
