@@ -608,6 +608,16 @@ def write_study_report(report: dict, directory: str, *, name: str = "study") -> 
   lines = [
     "# Study: Parallel-Synthesis against the trained text baseline and the ablations",
     "",
+    *(
+      [
+        f"**Interim report: {report['finished']} of {report['planned']} cells finished.** "
+        "Methods and views with fewer seeds than planned have wider intervals or none; the "
+        "missing cells are listed at the end.",
+        "",
+      ]
+      if report["finished"] < report["planned"]
+      else []
+    ),
     f"- cells finished: {report['finished']} of {report['planned']}; seeds "
     f"{report['seeds']}; training mixes {report['mixes']}; branch layouts "
     f"{report.get('branch_layouts')} (fixed: from position 0, as in training; worker: after "
@@ -619,6 +629,8 @@ def write_study_report(report: dict, directory: str, *, name: str = "study") -> 
         f"- distillation rows (teacher: the base model's text synthesizer): "
         f"{report['distill_rows']['rows']} in {os.path.basename(report['distill_rows']['path'])}"
       ]
+      if report.get("distill_rows", {}).get("rows") is not None
+      else ["- distillation rows: not made yet"]
       if "distill_rows" in report
       else []
     ),

@@ -65,6 +65,7 @@ def test_every_cell_runs_and_the_report_is_written(first_run):
   md = open(os.path.join(workdir, "study.md")).read()
   for text in ("parallel_synthesis - text_lora", "Significant differences", "machine:", "wall"):
     assert text in md
+  assert "Interim" not in md
   rec = json.load(open(os.path.join(workdir, "cells", "base", "text_lora", "seed1", "result.json")))
   assert rec["train"]["steps"] == 2 and rec["leak_ok"]
   assert os.path.exists(os.path.join(workdir, "cells", "base", "text_lora", "seed1", "adapter"))
@@ -91,6 +92,7 @@ def test_rerun_skips_finished_cells_and_reruns_an_unfinished_one(first_run):
   assert out["ran"] == [] and not os.path.exists(results[name])
   assert out["report"]["finished"] == out["report"]["planned"] - 1
   assert json.load(open(os.path.join(workdir, "study.json")))["finished"] == len(_cell_names(c)) - 1
+  assert "Interim report" in open(os.path.join(workdir, "study.md")).read()
   out = study.run_study(c, workdir, log=lambda msg: None)
   assert out["ran"] == [name]
   assert open(metrics).read() == before
