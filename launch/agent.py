@@ -20,6 +20,8 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from launch import _flags
+
 flags.DEFINE_string("workdir", None, "Output directory (resumable).", required=True)
 config_flags.DEFINE_config_file("config", None, "Agent workflow config file.", lock_config=True)
 flags.mark_flags_as_required(["config"])
@@ -355,7 +357,9 @@ def _gaia(c, model, tokenizer, adapters, workdir, path_of):
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _flags.initialize_distributed()  # first: before anything queries devices
   import ps_jax as ps  # pylint: disable=import-outside-toplevel
   from ps_jax.experiment import build_model  # pylint: disable=import-outside-toplevel
 

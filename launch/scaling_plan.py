@@ -3,6 +3,9 @@ with the Parallel-Synthesis adapter on fake CPU devices laid out as accelerator 
 
   python -m launch.scaling_plan --config configs/scaling.py
 
+The one entry point without --distributed: it compiles for fake devices on one machine and
+never joins a multi-process run.
+
 Each target (e.g. a v5p-64 slice = 32 chips, 8 x H100) runs in a subprocess with
 `--xla_force_host_platform_device_count=<chips>`; for each layout (mesh shape x rules preset)
 the training step (ps_jax.train.step.train_step, as launch.train jits it) is lowered from
