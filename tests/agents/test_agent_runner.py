@@ -156,7 +156,7 @@ def test_gaia_files_task_end_to_end(tmp_path, tiny_model):
   assert pcw["ttft_s"] > 0 and pcw["score"]["gold"] == task.gold
   assert "search" in registry.tools_block() and "PythonInterpreter" not in registry.tools_block()
   # The launcher's report for GAIA: both scorers, no chance line.
-  from launch.agent import summarize, write_report  # pylint: disable=import-outside-toplevel
+  from ps_jax.agents.report import summarize, write_report  # pylint: disable=import-outside-toplevel
 
   summary = summarize([record], config.methods)
   summary.update(cases_selected=1, errors=0, model="tiny", machine="cpu")

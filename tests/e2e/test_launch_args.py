@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ENTRY_POINTS = sorted(
   os.path.basename(p)[:-3]
   for p in glob.glob(os.path.join(ROOT, "launch", "*.py"))
-  if not p.endswith("__init__.py")
+  if not os.path.basename(p).startswith("_")  # __init__, _flags: not entry points
 )
 # export takes no --config: it rebuilds the adapter from the training workdir's config.json.
 NO_CONFIG = {"export": ("--workdir", "--out")}
