@@ -419,7 +419,7 @@ def run_study(
   if "distill" in c.study.mixes:
     path = c.distill.path or os.path.join(workdir, "distill", "distilled.jsonl")
     report["distill_rows"] = {
-      "path": path,
+      "path": c.distill.path or os.path.relpath(path, workdir),  # no machine path when made here
       "rows": count_rows(path) if os.path.isfile(path) else None,
     }
   paths = write_study_report(report, workdir, name=c.study.report_name)
