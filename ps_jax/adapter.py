@@ -274,11 +274,12 @@ def save_adapter(adapter: Adapter, path: str, format: str = "orbax") -> None:  #
     "mapper": None if adapter.mapper is None else _mapper_config(adapter.mapper),
   }
   if format == "orbax":
-    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    from ps_jax.train.checkpoint import save_tree  # pylint: disable=import-outside-toplevel
 
-    state = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(adapter)))
-    with ocp.PyTreeCheckpointer() as ckptr:
-      ckptr.save(os.path.join(path, "params"), state, force=True)
+    save_tree(
+      os.path.join(path, "params"),
+      jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(adapter))),
+    )
   else:
     if adapter.lora is not None:
       _save_peft(adapter, os.path.join(path, PEFT_DIR))
@@ -352,7 +353,7 @@ def _read_json(path: str):
 
 
 def _load_orbax(path: str, meta: dict, shape: ModelShape, base_model: BaseModel | None) -> Adapter:
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from ps_jax.train.checkpoint import restore_tree  # pylint: disable=import-outside-toplevel
 
   rngs = nnx.Rngs(0)
   m, lo = meta.get("mapper"), meta.get("lora")
@@ -378,9 +379,7 @@ def _load_orbax(path: str, meta: dict, shape: ModelShape, base_model: BaseModel 
     raise ValueError(
       f"{os.path.join(path, META_FILE)}: malformed lora/mapper record ({type(e).__name__}: {e})"
     ) from e
-  # Orbax keeps arrays in tensorstore and the tree in JSON metadata: no pickle involved.
-  with ocp.PyTreeCheckpointer() as ckptr:
-    restored = ckptr.restore(os.path.join(path, "params"))
+  restored = restore_tree(os.path.join(path, "params"))
   expected = nnx.to_pure_dict(nnx.state(adapter))
   _check_tree_shapes(expected, restored, path)
   nnx.update(adapter, jax.tree.map(jnp.asarray, restored))

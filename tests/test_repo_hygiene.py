@@ -1,8 +1,10 @@
-"""The repository names no path of the machine it was written on."""
+"""The repository names no path of the machine it was written on; orbax is called from one
+module only."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 import pytest
@@ -38,3 +40,18 @@ def test_no_absolute_machine_paths():
       continue
     hits += [f"{name}: {n}" for n in sorted(needles) if n in text]
   assert not hits, "absolute paths of a machine in the repository:\n" + "\n".join(hits)
+
+
+def test_orbax_is_called_from_the_checkpoint_module_only():
+  # orbax's API is still moving: one module to follow it (ps_jax/train/checkpoint.py).
+  imports = re.compile(r"^\s*(import orbax|from orbax)", re.MULTILINE)
+  owner = os.path.join("ps_jax", "train", "checkpoint.py")
+  hits = [
+    name
+    for name in _tracked_text_files()
+    if name.endswith(".py")
+    and name.startswith(("ps_jax/", "launch/", "configs/"))
+    and name != owner
+    and imports.search(open(os.path.join(REPO, name), encoding="utf-8").read())
+  ]
+  assert not hits, f"orbax imported outside {owner}: {hits}"

@@ -262,3 +262,60 @@ def _drain_and_close(loop: asyncio.AbstractEventLoop, close) -> None:
 
 def abstract_like(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def read_state(directory: str, abstract_state, step: int | None = None) -> tuple[int, Any]:
+  """(step, state) of a training run's checkpoint, read-only (nothing is moved aside): the
+  newest one that restores cleanly (an unreadable one is skipped with a warning), or `step`
+  (unreadable: an error naming it). abstract_state as in `Checkpointer.restore_latest`."""
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{directory}: no checkpoints (has the run saved one yet?)")
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    steps = sorted(manager.all_steps(), reverse=True)
+    if step is not None:
+      if step not in steps:
+        raise ValueError(f"{directory}: no checkpoint at step {step}; steps: {sorted(steps)}")
+      steps = [step]
+    if not steps:
+      raise FileNotFoundError(f"{directory}: no checkpoints (has the run saved one yet?)")
+    unreadable = []
+    for s in steps:
+      try:
+        with _drained_event_loops():
+          restored = manager.restore(
+            s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+          )
+      except Exception as e:  # pylint: disable=broad-except
+        if step is not None:
+          raise ValueError(
+            f"{directory}: checkpoint at step {s} is unreadable "
+            f"({type(e).__name__}: {str(e)[:300]})"
+          ) from e
+        logging.warning(
+          "checkpoint at step %d in %s is unreadable (%s: %s); trying the previous one",
+          s,
+          directory,
+          type(e).__name__,
+          str(e)[:200],
+        )
+        unreadable.append(s)
+        continue
+      return s, restored["state"]
+    raise ValueError(f"{directory}: no checkpoint restores cleanly (tried steps {unreadable})")
+  finally:
+    manager.close()
+
+
+def save_tree(path: str, tree) -> None:
+  """Writes a pytree of host arrays (nested dicts) to `path`, replacing what is there."""
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    checkpointer.save(os.path.abspath(path), tree, force=True)
+
+
+def restore_tree(path: str):
+  """The pytree `save_tree` wrote, as host arrays. Orbax keeps the arrays in tensorstore and
+  the tree in JSON metadata: reading a file from someone else unpickles nothing."""
+  with _drained_event_loops(), ocp.PyTreeCheckpointer() as checkpointer:
+    return checkpointer.restore(os.path.abspath(path))

@@ -20,13 +20,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import orbax.checkpoint as ocp
-from absl import logging
 from flax import nnx
 
 from ps_jax.adapter import Adapter, save_adapter
 from ps_jax.model import ModelConfig
-from ps_jax.train.checkpoint import abstract_like
+from ps_jax.train.checkpoint import abstract_like, read_state
 from ps_jax.train.loop import AdapterConfig, make_adapter
 from ps_jax.train.step import OptimizerConfig, init_state, make_optimizer
 
@@ -105,44 +103,9 @@ def adapter_from_checkpoint(
   model_config = model_config or run.model_config()
   adapter = make_adapter(model_config, run.adapter, run.method)
   abstract = _abstract_state(adapter, run.optimizer)
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"{directory}: no checkpoints (has the run saved one yet?)")
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-  try:
-    steps = sorted(manager.all_steps(), reverse=True)
-    if step is not None:
-      if step not in steps:
-        raise ValueError(f"{directory}: no checkpoint at step {step}; steps: {sorted(steps)}")
-      steps = [step]
-    if not steps:
-      raise FileNotFoundError(f"{directory}: no checkpoints (has the run saved one yet?)")
-    errors = []
-    for s in steps:
-      try:
-        restored = manager.restore(
-          s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-        )
-      except Exception as e:  # pylint: disable=broad-except
-        if step is not None:
-          raise ValueError(
-            f"{directory}: checkpoint at step {s} is unreadable "
-            f"({type(e).__name__}: {str(e)[:300]})"
-          ) from e
-        logging.warning(
-          "checkpoint at step %d in %s is unreadable (%s: %s); trying the previous one",
-          s,
-          directory,
-          type(e).__name__,
-          str(e)[:200],
-        )
-        errors.append(s)
-        continue
-      nnx.update(adapter, jax.device_get(restored["state"].trainable))
-      return adapter, s
-    raise ValueError(f"{directory}: no checkpoint restores cleanly (tried steps {errors})")
-  finally:
-    manager.close()
+  step, state = read_state(os.path.join(workdir, "checkpoints"), abstract, step)
+  nnx.update(adapter, jax.device_get(state.trainable))
+  return adapter, step
 
 
 def export_adapter(
