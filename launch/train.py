@@ -66,6 +66,7 @@ def main(argv):
 
   _quiet_orbax()
   from ps_jax import distributed  # pylint: disable=import-outside-toplevel
+  from ps_jax.sharding import make_mesh  # pylint: disable=import-outside-toplevel
   from ps_jax.train.loop import train  # pylint: disable=import-outside-toplevel
 
   c = FLAGS.config
@@ -74,7 +75,8 @@ def main(argv):
   methods = trained_methods(c)
   if c.eval.enabled:
     check_eval_methods(c.eval.methods, methods)
-  model, tokenizer = build_model(c.model)
+  # The parameters are created in their shardings on the training mesh.
+  model, tokenizer = build_model(c.model, make_mesh(cfg.mesh), cfg.rules)
   rows = build_rows(c.data)
   train_rows, heldout, row_stats = rows
   logging.info("%d training rows, %d held-out rows", len(train_rows), len(heldout))
@@ -106,7 +108,9 @@ def main(argv):
       f"{method}: trained {result.last_step} steps in {seconds[method]:.0f} s; last loss "
       f"{result.history[-1]['loss'] if result.history else float('nan'):.4f}"
     )
-  if c.eval.enabled and jax.process_index() == 0:  # one process evaluates and reports
+  if c.eval.enabled:  # one process evaluates and reports, on one device
+    model = distributed.local_replica(model)
+  if c.eval.enabled and jax.process_index() == 0:
     _evaluate(c, model, tokenizer, rows, methods, results, seconds)
   # The others wait here: a process that left now would fail jax's shutdown barrier, whose
   # timeout is shorter than an evaluation.

@@ -101,6 +101,21 @@ def global_batch(local_batch: Any, sharding: jax.sharding.Sharding) -> Any:
   )
 
 
+def local_replica(module):
+  """A copy of `module` (an nnx.Module whose arrays may span every process's devices) whole on
+  this process's first device, for work one process does alone (the final evaluation). A
+  collective: every process must call it. A module already whole on one device is returned
+  as is."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  graphdef, state = nnx.split(module)
+  leaves = jax.tree.leaves(state)
+  if all(len(x.sharding.device_set) == 1 for x in leaves if isinstance(x, jax.Array)):
+    return module
+  host = jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True), state)
+  return nnx.merge(graphdef, jax.device_put(host, jax.local_devices()[0]))
+
+
 def barrier(name: str) -> None:
   """Blocks until every process reached the barrier `name` (a no-op with one process)."""
   if jax.process_count() > 1:

@@ -31,23 +31,30 @@ def dtype(name: str):
   return jnp.dtype(DTYPES[key])
 
 
-def build_model(cfg):
+def build_model(cfg, mesh=None, rules=None):
   """(model, tokenizer) of a config's `model` section: the configured source, or a random model
-  of `random_shape` with the source's tokenizer and vocabulary (tiny test and smoke runs)."""
+  of `random_shape` with the source's tokenizer and vocabulary (tiny test and smoke runs).
+
+  With `mesh` (and `rules`, the logical-axis table; None = the fsdp preset) the parameters are
+  created in their shardings on the mesh, never whole on one device."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
 
   import ps_jax as ps  # pylint: disable=import-outside-toplevel
+  from ps_jax import sharding  # pylint: disable=import-outside-toplevel
 
+  rules = sharding.DEFAULT_RULES if rules is None else rules
   if not cfg.random_init:
-    return ps.load(cfg.source, dtype=dtype(cfg.dtype))
+    return ps.load(cfg.source, dtype=dtype(cfg.dtype), mesh=mesh, rules=rules)
   # A random model borrows the source's tokenizer and vocabulary, not its identity.
   config = dataclasses.replace(
     ps.io.load_config(cfg.source), **dict(cfg.random_shape), name_or_path=None, revision=None
   )
-  return (
-    ps.Transformer(config, dtype=dtype(cfg.dtype), rngs=nnx.Rngs(0)),
-    ps.io.load_tokenizer(cfg.source),
-  )
+
+  def factory():
+    return ps.Transformer(config, dtype=dtype(cfg.dtype), rngs=nnx.Rngs(0))
+
+  model = factory() if mesh is None else sharding.build_on_mesh(factory, mesh, rules)
+  return model, ps.io.load_tokenizer(cfg.source)
 
 
 class Rows(tuple):

@@ -235,6 +235,17 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules=DEFAULT_RULES):
   return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def build_on_mesh(factory, mesh: Mesh, rules=DEFAULT_RULES) -> nnx.Module:
+  """`factory()` (a module, e.g. a randomly initialised Transformer) with every parameter
+  created directly in its sharding on `mesh`: the init runs under jit with the rules' output
+  shardings, so no device ever holds the whole model (a model larger than one device's memory
+  is built this way, not built and then placed)."""
+  graphdef, abstract = nnx.split(nnx.eval_shape(factory))
+  shardings = state_shardings(abstract, mesh, rules)
+  state = jax.jit(lambda: nnx.split(factory())[1], out_shardings=shardings)()
+  return nnx.merge(graphdef, state)
+
+
 def shard_model(model: nnx.Module, mesh: Mesh, rules=DEFAULT_RULES) -> nnx.Module:
   """Places the model's parameters on the mesh by the rules (returns the same model)."""
   state = nnx.state(model)

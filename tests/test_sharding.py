@@ -1,4 +1,5 @@
 """Sharded forward on 8 fake CPU devices == the 1-device forward; the rules table really shards;
+loading and random init create parameters directly in their shardings;
 rules presets and overrides from the config; hybrid (ICI x DCN) device layouts."""
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 import helpers
+import ps_jax
+from ps_jax import distributed
 from ps_jax.experiment import train_config
 from ps_jax.sharding import (
   DEFAULT_RULES,
@@ -26,6 +29,7 @@ from ps_jax.sharding import (
   RULE_PRESETS,
   MeshConfig,
   batch_sharding,
+  build_on_mesh,
   hybrid_device_array,
   logical_to_spec,
   make_mesh,
@@ -343,3 +347,36 @@ def test_hybrid_mesh_across_two_real_processes(tmp_path):
   for p, (out, err) in zip(procs, outs, strict=True):
     assert p.returncode == 0, err[-3000:]
     assert "total 12.0" in out, out  # 4 x 1.0 from process 0 + 4 x 2.0 from process 1
+
+
+def _placed_as_the_rules_say(model, mesh):
+  """Every parameter has the sharding state_shardings gives it on `mesh`."""
+  state = nnx.state(model)
+  want = _flat(state_shardings(state, mesh))
+  for name, var in _flat(state).items():
+    assert var[...].sharding.is_equivalent_to(want[name], var.ndim), name
+  return _flat(state)
+
+
+def test_load_and_random_init_create_parameters_in_their_shardings(tiny):
+  t, model = tiny("qwen2")
+  mesh = make_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
+  loaded, _ = ps_jax.load(t.path, dtype=jnp.float32, mesh=mesh)
+  flat = _placed_as_the_rules_say(loaded, mesh)
+  q = flat["blocks/attn/q/kernel"][...]
+  assert {s.data.shape for s in q.addressable_shards} == {(q.shape[0], 64 // 4, 64 // 2)}
+  for name, var in _flat(nnx.state(model)).items():
+    np.testing.assert_array_equal(np.asarray(flat[name][...]), np.asarray(var[...]), name)
+
+  def factory():
+    return ps_jax.Transformer(model.config, dtype=jnp.float32, rngs=nnx.Rngs(3))
+
+  built = _placed_as_the_rules_say(build_on_mesh(factory, mesh), mesh)
+  for name, var in _flat(nnx.state(factory())).items():
+    np.testing.assert_allclose(np.asarray(built[name][...]), np.asarray(var[...]), atol=1e-7)
+
+  # What launch.train evaluates with: the whole model back on one device, values unchanged.
+  local = distributed.local_replica(loaded)
+  for name, var in _flat(nnx.state(local)).items():
+    assert var[...].sharding.device_set == {jax.local_devices()[0]}, name
+    np.testing.assert_array_equal(np.asarray(var[...]), np.asarray(flat[name][...]), name)

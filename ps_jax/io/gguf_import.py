@@ -10,6 +10,7 @@ import numpy as np
 from ps_jax.io.params import decoder_rules, load_params
 from ps_jax.io.registry import HUB_IDS, embedded_name
 from ps_jax.model import ModelConfig, Transformer
+from ps_jax.sharding import DEFAULT_RULES
 
 _B = "blk.{i}."
 GGUF_NAMES = {
@@ -99,7 +100,7 @@ def config_from_gguf(reader, path: str | None = None) -> ModelConfig:
   )
 
 
-def load_gguf(path: str, *, dtype) -> Transformer:
+def load_gguf(path: str, *, dtype, mesh=None, sharding_rules=DEFAULT_RULES) -> Transformer:
   import gguf  # pylint: disable=import-outside-toplevel
 
   if not os.path.exists(path):
@@ -127,4 +128,6 @@ def load_gguf(path: str, *, dtype) -> Transformer:
     dtype=dtype,
     source=path,
     available=tensors,
+    mesh=mesh,
+    sharding_rules=sharding_rules,
   )

@@ -11,6 +11,7 @@ from safetensors import safe_open
 
 from ps_jax.io.params import decoder_rules, load_params, transpose
 from ps_jax.model import ModelConfig, Transformer
+from ps_jax.sharding import DEFAULT_RULES
 
 _L = "model.layers.{i}."
 HF_NAMES = {
@@ -86,7 +87,7 @@ def config_from_hf_folder(folder: str) -> ModelConfig:
   )
 
 
-def load_hf_folder(folder: str, *, dtype) -> Transformer:
+def load_hf_folder(folder: str, *, dtype, mesh=None, sharding_rules=DEFAULT_RULES) -> Transformer:
   config = config_from_hf_folder(folder)
   # framework="flax" reads bf16 tensors, which numpy cannot.
   handles = [safe_open(p, framework="flax") for p in safetensors_files(folder)]
@@ -103,4 +104,6 @@ def load_hf_folder(folder: str, *, dtype) -> Transformer:
     dtype=dtype,
     source=folder,
     available=where,
+    mesh=mesh,
+    sharding_rules=sharding_rules,
   )

@@ -5,16 +5,23 @@ from __future__ import annotations
 import os
 
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from ps_jax.io.gguf_import import config_from_gguf, load_gguf
 from ps_jax.io.gguf_tokenizer import tokenizer_from_gguf
 from ps_jax.io.hf import config_from_hf_folder, load_hf_folder
 from ps_jax.io.registry import EMBEDDED, embedded_path
 from ps_jax.model import ModelConfig, Transformer
+from ps_jax.sharding import DEFAULT_RULES
 
 
-def load(source: str, dtype=jnp.float32) -> tuple[Transformer, object | None]:
+def load(
+  source: str, dtype=jnp.float32, *, mesh: Mesh | None = None, rules=DEFAULT_RULES
+) -> tuple[Transformer, object | None]:
   """Loads (model, tokenizer) from a local HF folder, a .gguf file or an embedded name.
+
+  With `mesh`, every parameter is read straight into its sharding on the mesh (logical axes
+  mapped by `rules`, see ps_jax.sharding), so a model larger than one device loads.
 
   The tokenizer is a transformers tokenizer, or None where the source has none; a GGUF's is
   built from its metadata (ps_jax.io.gguf_tokenizer), so loading needs no torch.
@@ -23,10 +30,11 @@ def load(source: str, dtype=jnp.float32) -> tuple[Transformer, object | None]:
   absolute path; adapters made for the model record them as their base model.
   """
   source = _resolve(source)
+  placement = dict(dtype=dtype, mesh=mesh, sharding_rules=rules)
   if source.endswith(".gguf"):
-    return load_gguf(source, dtype=dtype), _gguf_tokenizer(source)
+    return load_gguf(source, **placement), _gguf_tokenizer(source)
   if os.path.isdir(source):
-    return load_hf_folder(source, dtype=dtype), _folder_tokenizer(source)
+    return load_hf_folder(source, **placement), _folder_tokenizer(source)
   raise ValueError(
     f"cannot load {source!r}: expected a local transformers folder "
     f"(config.json + *.safetensors), a .gguf file, or an embedded name "

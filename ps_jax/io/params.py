@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from ps_jax.model import ModelConfig, Transformer
+from ps_jax.sharding import DEFAULT_RULES, state_shardings
 
 Hook = Callable[[np.ndarray, int], np.ndarray]  # (array, layer index) -> array
 
@@ -49,8 +52,14 @@ def load_params(
   dtype,
   source: str,
   available: Iterable[str],
+  mesh: Mesh | None = None,
+  sharding_rules=DEFAULT_RULES,
 ) -> Transformer:
   """Builds a Transformer whose every parameter comes from `get_tensor` via `rules`.
+
+  With `mesh`, each parameter goes from host memory straight into its sharding on the mesh
+  (`sharding.state_shardings` by `sharding_rules`), each device receiving only its slice: the
+  model is never whole on one device. Without, everything lands on the default device.
 
   Raises a clear error naming the tensor for a missing tensor, a shape mismatch, a model
   parameter that no rule covers, or a checkpoint tensor that nothing uses (a part of the
@@ -64,6 +73,12 @@ def load_params(
 
   abstract = nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
+  shardings = None
+  if mesh is not None:
+    shardings = {
+      tuple(str(p) for p in path): sharding
+      for path, sharding in nnx.to_flat_state(state_shardings(state, mesh, sharding_rules))
+    }
   by_path = {r.path: r for r in rules}
   flat = []
   for path, var in nnx.to_flat_state(state):
@@ -78,7 +93,12 @@ def load_params(
       )
     else:
       value = _fetch(rule, fetch, source, None, expected)
-    flat.append((path, var.replace(jnp.asarray(value, dtype))))
+    array = (
+      jnp.asarray(value, dtype)
+      if shardings is None
+      else _host_to_sharded(np.asarray(value).astype(dtype), shardings[path])
+    )
+    flat.append((path, var.replace(array)))
   unused = sorted(n for n in available if n not in used and not n.endswith(IGNORED_SUFFIXES))
   if unused:
     raise ValueError(
@@ -86,6 +106,10 @@ def load_params(
       f"{config.family} model, e.g. {unused[:5]}; ps_jax does not model them"
     )
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def _host_to_sharded(host: np.ndarray, sharding) -> jax.Array:
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def _fetch(rule: Rule, get_tensor, source: str, layer: int | None, expected) -> np.ndarray:
