@@ -27,10 +27,15 @@ from ps_jax.adapter import Adapter
 from ps_jax.agents.gaia import GaiaTask, extract_answer_text, score_official, score_release
 from ps_jax.agents.judger import run_judger
 from ps_jax.agents.protocol import system_prompt
-from ps_jax.agents.react import ModelPolicy, Policy, ReactConfig, run_react, worker_messages
+from ps_jax.agents.react import Policy, ReactConfig, run_react, worker_messages
 from ps_jax.agents.session import MEMORY_MODES
 from ps_jax.agents.tools.registry import ToolRegistry
-from ps_jax.agents.trajectories import agent_record, branches_from_records
+from ps_jax.agents.trajectories import (
+  agent_record,
+  branches_from_records,
+  capture_workers,
+  rescored_record,
+)
 from ps_jax.synthesis import METHOD_TABLE, METHODS
 
 FIXED_DATE = "2026-01-01"  # prompts do not change by the day (the release uses today's date)
@@ -168,19 +173,19 @@ def run_task(
     workers, registry, [conv] * config.num_workers, ReactConfig(max_steps=config.max_steps)
   )
   workers_s = time.perf_counter() - start
-  live = isinstance(workers, ModelPolicy)
-  session = workers.session if live else None
-  agents = [
-    agent_record(t, session, n, agent_id=f"sub_agent_{n + 1}") for n, t in enumerate(traces)
-  ]
-  if live:
-    branches = workers.branches([len(agents)], config.memory_mode)
-  else:
-    branches = branches_from_records(model, tokenizer, [agents], config.memory_mode)
+  captured = capture_workers(
+    workers,
+    traces,
+    [f"sub_agent_{n + 1}" for n in range(len(traces))],
+    model=model,
+    tokenizer=tokenizer,
+    memory_mode=config.memory_mode,
+    wall_s=workers_s,
+  )
   methods = _judge(
     task,
-    agents,
-    branches,
+    captured.agents,
+    captured.branches,
     model=model,
     tokenizer=tokenizer,
     config=config,
@@ -192,14 +197,7 @@ def run_task(
     task_id=task.task_id,
     level=task.level,
     files=[str(f) for f in task.files],
-    workers=dict(
-      policy=type(workers).__name__,
-      memory_mode=config.memory_mode,
-      branches_from="live cache" if live else "re-prefilled traces",
-      agents=agents,
-      turn_times=list(getattr(workers, "turn_times", [])),
-      wall_s=workers_s,
-    ),
+    workers=captured.record,
     methods=methods,
     wall_s=time.perf_counter() - start,
   )
@@ -234,7 +232,4 @@ def rescore_task(
     adapters=dict(adapters or {}),
     policies=judger_policies,
   )
-  workers = dict(record["workers"], branches_from="re-prefilled traces (fixed trajectory)")
-  return dict(
-    record, workers=workers, methods=methods, rescored=True, wall_s=time.perf_counter() - start
-  )
+  return rescored_record(record, methods, wall_s=time.perf_counter() - start)

@@ -3,7 +3,7 @@ branches, ending in the final answer.
 
 Per method (`ps_jax.synthesis.METHOD_TABLE`):
 - cache methods (`pcw`, `parallel_synthesis`, ...): the branches are re-encoded, mapped and
-  merged once (`synthesis._build_prefix`, the same path as `synthesize`); every judger turn
+  merged once (`synthesis.PrefixBuilder`, the same path as `synthesize`); every judger turn
   renders its chat and prefills it *after* that latent prefix, at positions Lmax, Lmax+1, ...,
   through the adapter's LoRA where the method uses one;
 - text methods (`text`, `text_lora`): the caller puts the branch texts into the judger's prompt
@@ -49,15 +49,7 @@ from ps_jax.model import DEFAULT_PREFILL, PrefillConfig, Transformer
 
 # The synthesis module's own prefix and adapter helpers, so the judger reads the branches
 # exactly as `synthesize` does.
-from ps_jax.synthesis import (  # pylint: disable=protected-access
-  METHOD_TABLE,
-  METHODS,
-  _adapter_parts,
-  _build_prefix,
-  _split_optional,
-  check_caches,
-)
-from ps_jax.timing import timed_call
+from ps_jax.synthesis import METHOD_TABLE, METHODS, PrefixBuilder, adapter_parts, check_caches
 
 
 class JudgerPolicy:
@@ -89,20 +81,13 @@ class JudgerPolicy:
     self.stop_ids = stop_ids_for(model, tokenizer)
     spec = METHOD_TABLE[method]
     self.reads_cache = spec.reads == "cache"
-    self.mapper, self.lora, self.lora_scale = _adapter_parts(adapter, method, model, model.dtype)
+    self.mapper, self.lora, self.lora_scale = adapter_parts(adapter, method, model)
     self.prefix = self.lmax = None
     self.cache_prepare_s = 0.0
     if self.reads_cache:
       check_caches(model, branches.caches)
-      mapper_graphdef, mapper_params = _split_optional(self.mapper)
-      (self.prefix, self.lmax), self.cache_prepare_s = timed_call(
-        _build_prefix,
-        model.config,
-        mapper_graphdef,
-        mapper_params,
-        branches.caches,
-        reencode=spec.reencode,
-      )
+      builder = PrefixBuilder.create(model.config, self.mapper, spec.reencode)
+      (self.prefix, self.lmax), self.cache_prepare_s = builder.timed(branches.caches)
     self.turn_ttft_s: list[float] = []  # per turn: prefill + first token (prefix excluded)
     self.turn_prompt_ids: list[list[list[int]]] = []  # per turn, per row
     self.prompt_tokens = np.zeros(branches.batch_size, np.int64)  # first turn's, per row

@@ -10,12 +10,17 @@ without ids (a scripted agent, a trace from elsewhere) is re-rendered as the rel
 the chat template of the messages before its last assistant message (with the generation
 prompt) followed by that message's tokens; `final_output` keeps the message, and
 `full_prompt_output` the whole row (`each_turn_output` needs stored slots).
+
+The case runners (MARBLE, GAIA) share `capture_workers` (records, branches and the record's
+`workers` entry after the workers ran) and `rescored_record` (a record re-scored here).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -23,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ps_jax.agents.react import AgentTrace
+from ps_jax.agents.react import AgentTrace, ModelPolicy, Policy
 from ps_jax.agents.session import MEMORY_MODES, AgentSession
 from ps_jax.buckets import DEFAULT_LENGTH_BUCKETS, bucket
 from ps_jax.cache.branches import BranchCaches, Branches
@@ -155,6 +160,62 @@ def branches_from_records(
     nested_texts.append(texts[start : start + count])
     start += count
   return Branches(token_ids=nested_ids, texts=nested_texts, caches=caches)
+
+
+@dataclasses.dataclass
+class CapturedWorkers:
+  """What a case runner keeps of its workers: their records, their branches and the case
+  record's `workers` entry."""
+
+  agents: list[dict[str, Any]]  # `agent_record` per worker, in order
+  branches: Branches  # one example: the workers' branches, in the same order
+  record: dict[str, Any]  # the case record's "workers" entry
+  capture_s: float  # the branch capture alone (live cut or re-prefill), wall time
+
+
+def capture_workers(
+  workers: Policy,
+  traces: Sequence[AgentTrace],
+  agent_ids: Sequence[str],
+  *,
+  model: Transformer,
+  tokenizer,
+  memory_mode: str,
+  wall_s: float,
+) -> CapturedWorkers:
+  """Records and branches of one example's workers after `run_react`: live from the session's
+  cache for a `ModelPolicy`, re-prefilled from the records (`branches_from_records`) for any
+  other policy (e.g. scripted). `wall_s`: the workers' run time, kept in the record."""
+  live = isinstance(workers, ModelPolicy)
+  session = workers.session if live else None
+  agents = [
+    agent_record(t, session, n, agent_id=agent_id)
+    for n, (t, agent_id) in enumerate(zip(traces, agent_ids, strict=True))
+  ]
+  start = time.perf_counter()
+  if live:
+    branches = workers.branches([len(agents)], memory_mode)
+  else:
+    branches = branches_from_records(model, tokenizer, [agents], memory_mode)
+  capture_s = time.perf_counter() - start
+  record = dict(
+    policy=type(workers).__name__,
+    memory_mode=memory_mode,
+    branches_from="live cache" if live else "re-prefilled traces",
+    agents=agents,
+    turn_times=list(getattr(workers, "turn_times", [])),
+    wall_s=wall_s,
+  )
+  return CapturedWorkers(agents, branches, record, capture_s)
+
+
+def rescored_record(
+  record: Mapping[str, Any], methods: Mapping[str, Any], wall_s: float
+) -> dict[str, Any]:
+  """A stored case record re-scored in fixed-trajectory mode: its `methods` replaced, its
+  workers marked as re-prefilled, `rescored` set and `wall_s` the re-scoring's time."""
+  workers = dict(record["workers"], branches_from="re-prefilled traces (fixed trajectory)")
+  return dict(record, workers=workers, methods=methods, rescored=True, wall_s=wall_s)
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> None:

@@ -108,7 +108,7 @@ def compile_check(drivers, config, log: Callable[[str], None]) -> dict[str, Any]
   buckets = {bucket(n, DEFAULT_LENGTH_BUCKETS, what="branch length") for n in lengths}
   fns = {
     "encode_branches (_prefill_rows)": workers._prefill_rows,  # pylint: disable=protected-access
-    "_build_prefix": synthesis._build_prefix,  # pylint: disable=protected-access
+    "PrefixBuilder (_build_prefix)": synthesis.PrefixBuilder.program,
     "_prefill": generation._prefill,  # pylint: disable=protected-access
     "_decode": generation._decode,  # pylint: disable=protected-access
   }

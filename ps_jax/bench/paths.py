@@ -8,7 +8,7 @@
                        exact length: the least the text path can cost in ps_jax.
   torch_text           transformers on the same ids: one forward, logits of the last position
                        only (`logits_to_keep=1`), argmax.
-  parallel_synthesis   as `synthesize` composes it: `_build_prefix` (re-encode + mapper +
+  parallel_synthesis   as `synthesize` composes it: `PrefixBuilder` (re-encode + mapper +
                        merge) then `generate_ids` of the synthesizer prompt over the merged
                        cache with the LoRA; TTFT = build + prefill, each device-synchronised.
   ps_floor             that synthesizer-prompt prefill alone (the same program) over a prefix
@@ -37,7 +37,6 @@ from ps_jax.bench.timing import Path, Sample
 from ps_jax.buckets import DEFAULT_LENGTH_BUCKETS, bucket
 from ps_jax.cache.branches import Branches
 from ps_jax.model import DEFAULT_PREFILL, PrefillConfig
-from ps_jax.timing import timed_call
 
 
 def tree_bytes(tree) -> int:
@@ -127,10 +126,8 @@ class Drivers:
     self.model, self.tokenizer, self.adapter, self.prefill = model, tokenizer, adapter, prefill
     self.split = nnx.split(model)
     self.weight_bytes = tree_bytes(self.split[1])
-    mapper, lora, scale = synthesis._adapter_parts(  # pylint: disable=protected-access
-      adapter, "parallel_synthesis", model, model.dtype
-    )
-    self.mapper_split = synthesis._split_optional(mapper)  # pylint: disable=protected-access
+    mapper, lora, scale = synthesis.adapter_parts(adapter, "parallel_synthesis", model)
+    self.prefix_builder = synthesis.PrefixBuilder.create(model.config, mapper)
     self.lora, self.lora_scale = lora, float(scale)
     # One new token is generated: the stop ids only matter for a model that names none.
     self.stop_ids = generation.stop_ids_for(model, tokenizer) or [-1]
@@ -166,11 +163,6 @@ class Drivers:
       **kwargs,
     )  # fmt: skip
 
-  def _build_prefix(self, caches):
-    return synthesis._build_prefix(  # pylint: disable=protected-access
-      self.model.config, *self.mapper_split, caches
-    )
-
   # -- the paths -------------------------------------------------------------------------
 
   def text(self, ids: Sequence[int]) -> Path:
@@ -202,12 +194,7 @@ class Drivers:
     caches = branches.caches
 
     def once():
-      (prefix, lmax), build_s = timed_call(
-        synthesis._build_prefix,  # pylint: disable=protected-access
-        self.model.config,
-        *self.mapper_split,
-        caches,
-      )
+      (prefix, lmax), build_s = self.prefix_builder.timed(caches)
       r = self._generate(
         latent,
         prefix=prefix,
@@ -225,7 +212,7 @@ class Drivers:
 
     def floor_program() -> PrefillProgram:
       if not floor:
-        prefix, lmax = jax.block_until_ready(self._build_prefix(caches))
+        prefix, lmax = jax.block_until_ready(self.prefix_builder(caches))
         width = bucket(len(latent), DEFAULT_LENGTH_BUCKETS, what="prompt length")
         floor.append(
           self._program(
@@ -240,12 +227,8 @@ class Drivers:
       return floor[0]
 
     def ps_memory():
-      build = timing.xla_memory(
-        synthesis._build_prefix,  # pylint: disable=protected-access
-        self.model.config,
-        *self.mapper_split,
-        caches,
-      )
+      builder = self.prefix_builder
+      build = timing.xla_memory(builder.program, *builder.args(caches))
       prefill = floor_program().memory()
       total = None
       if build and prefill:  # the weights live through the build, the branches through both

@@ -237,7 +237,7 @@ def _method_notes(result) -> list[str]:
     "torch text: transformers eager (PyTorch, no compilation) on the same ids, one forward "
     "under `torch.inference_mode()`, logits of the last position only, argmax; attention "
     f"`{env.get('torch_attn_implementation')}`, {env.get('torch_threads')} threads.",
-    "PS: as `synthesize` composes it: `_build_prefix` (re-encode + mapper + merge) then "
+    "PS: as `synthesize` composes it: `PrefixBuilder` (re-encode + mapper + merge) then "
     "`generate_ids` of the synthesizer prompt over the merged cache with the LoRA; TTFT = the "
     "two device-synchronised times. Adapter: `Adapter.create` (random mapper input layer, "
     "zero-initialised output layer and LoRA B); timing does not depend on the weights.",

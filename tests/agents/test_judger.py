@@ -10,14 +10,16 @@ import helpers
 from ps_jax.agents import MEMORY_MODES, AgentSession, ReactConfig, ToolRegistry
 from ps_jax.agents.judger import JudgerPolicy, run_judger
 from ps_jax.agents.protocol import cut_at_tool_response
-from ps_jax.agents.react import run_react
+from ps_jax.agents.react import AgentTrace, ScriptedPolicy, run_react
 from ps_jax.agents.session import capture_branches
 from ps_jax.agents.tools import Tool
 from ps_jax.agents.trajectories import (
   agent_record,
   branches_from_records,
+  capture_workers,
   read_jsonl,
   record_row,
+  rescored_record,
   write_jsonl,
 )
 from ps_jax.generation import encode_prompts
@@ -188,3 +190,40 @@ def test_records_without_ids_are_rendered(model_and_tokenizer):
   bad["slots"] = {m: [len(bad["token_ids"]) + 3] for m in MEMORY_MODES}
   with pytest.raises(ValueError, match="slots lie outside"):
     branches_from_records(model, tokenizer, [[bad]], "final_output")
+
+
+def test_capture_workers_and_rescored_record(model_and_tokenizer):
+  model, tokenizer = model_and_tokenizer
+  # The agents of test_records_without_ids_are_rendered: the same programs, nothing compiles.
+  convs = [[{"role": "user", "content": f"Say {w}."}] for w in ("yes", "no")]
+  traces = [
+    AgentTrace(c + [{"role": "assistant", "content": f"I say {i}."}], final_output=f"I say {i}.")
+    for i, c in enumerate(convs)
+  ]
+  scripted = ScriptedPolicy([[], []])  # not a ModelPolicy: branches re-prefilled from records
+  got = capture_workers(
+    scripted, traces, ["a", "b"], model=model, tokenizer=tokenizer,
+    memory_mode="final_output", wall_s=1.5,
+  )  # fmt: skip
+  assert [a["agent_id"] for a in got.agents] == ["a", "b"] and got.capture_s >= 0
+  assert got.record == dict(
+    policy="ScriptedPolicy",
+    memory_mode="final_output",
+    branches_from="re-prefilled traces",
+    agents=got.agents,
+    turn_times=[],
+    wall_s=1.5,
+  )
+  want = branches_from_records(model, tokenizer, [got.agents], "final_output")
+  assert got.branches.token_ids == want.token_ids
+  with pytest.raises(ValueError):  # one id per trace
+    capture_workers(
+      scripted, traces, ["a"], model=model, tokenizer=tokenizer, memory_mode="final_output",
+      wall_s=0.0,
+    )  # fmt: skip
+  stored = {"task_id": 1, "workers": got.record, "methods": {"text": {}}, "wall_s": 9.0}
+  again = rescored_record(stored, {"pcw": {}}, wall_s=0.5)
+  workers = dict(got.record, branches_from="re-prefilled traces (fixed trajectory)")
+  assert again == dict(task_id=1, workers=workers, methods={"pcw": {}}, wall_s=0.5, rescored=True)
+  assert list(again) == ["task_id", "workers", "methods", "wall_s", "rescored"]
+  assert stored["workers"]["branches_from"] == "re-prefilled traces"  # the input is unchanged

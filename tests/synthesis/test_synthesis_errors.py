@@ -95,12 +95,12 @@ def test_unknown_method(llama, llama_branches):
 
 
 def test_text_lora_needs_an_adapter_with_a_lora(llama):
-  from ps_jax.synthesis import _adapter_parts  # pylint: disable=import-outside-toplevel
+  from ps_jax.synthesis import adapter_parts  # pylint: disable=import-outside-toplevel
 
   no_lora = ps.Adapter(llama.config, mapper=None, lora=None)
   for adapter in (None, no_lora):
     with pytest.raises(ValueError, match="method='text_lora' decodes the text prompt with a"):
-      _adapter_parts(adapter, "text_lora", llama, llama.dtype)
+      adapter_parts(adapter, "text_lora", llama)
 
 
 # ------------------------------------------------------------------ arguments

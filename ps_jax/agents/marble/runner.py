@@ -42,7 +42,12 @@ from ps_jax.agents.react import ModelPolicy, Policy, ReactConfig, run_react
 from ps_jax.agents.session import MEMORY_MODES
 from ps_jax.agents.tools.query_db import QueryDB
 from ps_jax.agents.tools.registry import ToolRegistry
-from ps_jax.agents.trajectories import agent_record, branches_from_records
+from ps_jax.agents.trajectories import (
+  agent_record,
+  branches_from_records,
+  capture_workers,
+  rescored_record,
+)
 from ps_jax.generation import encode_prompts
 from ps_jax.synthesis import METHOD_TABLE, METHODS
 
@@ -300,19 +305,19 @@ def run_case(
   t0 = time.perf_counter()
   traces = run_react(workers, registry, convs, ReactConfig(max_steps=config.max_steps))
   workers_s = time.perf_counter() - t0
-  live = isinstance(workers, ModelPolicy)
-  session = workers.session if live else None
-  agents = [agent_record(t, session, n, agent_id=agent_ids[n]) for n, t in enumerate(traces)]
-  t0 = time.perf_counter()
-  if live:
-    branches = workers.branches([len(agents)], config.memory_mode)
-  else:
-    branches = branches_from_records(model, tokenizer, [agents], config.memory_mode)
-  capture_s = time.perf_counter() - t0
+  captured = capture_workers(
+    workers,
+    traces,
+    agent_ids,
+    model=model,
+    tokenizer=tokenizer,
+    memory_mode=config.memory_mode,
+    wall_s=workers_s,
+  )
   methods = _judge(
     case,
-    agents,
-    branches,
+    captured.agents,
+    captured.branches,
     model=model,
     tokenizer=tokenizer,
     config=config,
@@ -325,15 +330,7 @@ def run_case(
     root_causes=list(case.root_causes),
     number_of_labels_pred=case.number_of_labels_pred,
     setup=dict(dataclasses.asdict(setup), total_s=setup.total_s),
-    workers=dict(
-      policy=type(workers).__name__,
-      memory_mode=config.memory_mode,
-      branches_from="live cache" if live else "re-prefilled traces",
-      agents=agents,
-      turn_times=list(getattr(workers, "turn_times", [])),
-      wall_s=workers_s,
-      capture_s=capture_s,
-    ),
+    workers=dict(captured.record, capture_s=captured.capture_s),
     methods=methods,
     wall_s=time.perf_counter() - start,
   )
@@ -367,7 +364,4 @@ def rescore_case(
     adapters=dict(adapters or {}),
     judger_policies=judger_policies,
   )
-  workers = dict(record["workers"], branches_from="re-prefilled traces (fixed trajectory)")
-  return dict(
-    record, workers=workers, methods=methods, rescored=True, wall_s=time.perf_counter() - start
-  )
+  return rescored_record(record, methods, wall_s=time.perf_counter() - start)
