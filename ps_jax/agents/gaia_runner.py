@@ -25,18 +25,17 @@ from typing import Any
 
 from ps_jax.adapter import Adapter
 from ps_jax.agents.gaia import GaiaTask, extract_answer_text, score_official, score_release
-from ps_jax.agents.judger import run_judger
+from ps_jax.agents.judger import judge_methods
 from ps_jax.agents.protocol import system_prompt
 from ps_jax.agents.react import Policy, ReactConfig, run_react, worker_messages
 from ps_jax.agents.session import MEMORY_MODES
 from ps_jax.agents.tools.registry import ToolRegistry
 from ps_jax.agents.trajectories import (
-  agent_record,
   branches_from_records,
   capture_workers,
   rescored_record,
 )
-from ps_jax.synthesis import METHOD_TABLE, METHODS
+from ps_jax.synthesis import METHODS
 
 FIXED_DATE = "2026-01-01"  # prompts do not change by the day (the release uses today's date)
 LATENT_CONTEXT = "[provided through KV memory]"
@@ -122,36 +121,21 @@ def score(task: GaiaTask, answer: str) -> dict[str, Any]:
 
 def _judge(task, agents, branches, *, model, tokenizer, config, registry, adapters, policies):
   text_context = worker_contexts([a["final_output"] for a in agents])
-  out = {}
-  for method in config.methods:
-    reads_text = METHOD_TABLE[method].reads == "text"
-    conv = judger_messages(task, registry, text_context if reads_text else LATENT_CONTEXT)
-    start = time.perf_counter()
-    result = run_judger(
-      model,
-      tokenizer,
-      branches,
-      [conv],
-      method,
-      registry,
-      adapter=adapters.get(method),
-      max_new_tokens=config.judger_max_new_tokens,
-      react=ReactConfig(max_steps=config.judger_max_steps),
-      policy=(policies or {}).get(method),
-    )
-    out[method] = dict(
-      score=score(task, result.answers[0]),
-      raw=result.raw[0],
-      judger=agent_record(result.traces[0]),
-      ttft_s=result.ttft_s,
-      cache_prepare_s=result.cache_prepare_s,
-      turn_ttft_s=result.turn_ttft_s,
-      prompt_tokens=result.prompt_tokens[0],
-      generated_tokens=result.generated_tokens[0],
-      adapter="trained" if method in adapters else "none",
-      wall_s=time.perf_counter() - start,
-    )
-  return out
+  return judge_methods(
+    model,
+    tokenizer,
+    branches,
+    registry,
+    methods=config.methods,
+    messages=lambda reads_text: judger_messages(
+      task, registry, text_context if reads_text else LATENT_CONTEXT
+    ),
+    score=lambda answer, raw: score(task, answer),
+    adapters=adapters,
+    max_new_tokens=config.judger_max_new_tokens,
+    max_steps=config.judger_max_steps,
+    policies=policies,
+  )
 
 
 def run_task(

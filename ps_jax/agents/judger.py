@@ -27,13 +27,16 @@ its own conversation (the prefix is not re-prefilled).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from ps_jax.adapter import Adapter
 from ps_jax.agents.react import AgentTrace, Message, Policy, ReactConfig, run_react
 from ps_jax.agents.tools.registry import ToolRegistry
+from ps_jax.agents.trajectories import agent_record
 from ps_jax.buckets import DEFAULT_LENGTH_BUCKETS
 from ps_jax.cache.branches import Branches
 from ps_jax.generation import (
@@ -193,3 +196,55 @@ def run_judger(
     prompt_tokens=[int(x) for x in (judger.prompt_tokens if judger else np.zeros(n))],
     generated_tokens=[int(x) for x in (judger.generated_tokens if judger else np.zeros(n))],
   )
+
+
+def judge_methods(
+  model: Transformer,
+  tokenizer,
+  branches: Branches,
+  registry: ToolRegistry,
+  *,
+  methods: Sequence[str],
+  messages: Callable[[bool], Sequence[Message]],
+  score: Callable[[str, str], Any],
+  adapters: Mapping[str, Adapter],
+  max_new_tokens: int,
+  max_steps: int,
+  policies: Mapping[str, Policy] | None = None,
+) -> dict[str, dict[str, Any]]:
+  """The case runners' judging step: one judger per method over one example's `branches`.
+
+  messages(reads_text): the judger's conversation, with the branch texts for text methods or
+  the latent placeholder for cache methods; score(answer, raw): the benchmark's score of the
+  judger's answer and final output. Per method: score, raw, the judger's record, TTFTs, token
+  counts, whether its adapter was trained, wall time.
+  """
+  out = {}
+  for method in methods:
+    conversation = messages(METHOD_TABLE[method].reads == "text")
+    start = time.perf_counter()
+    result = run_judger(
+      model,
+      tokenizer,
+      branches,
+      [conversation],
+      method,
+      registry,
+      adapter=adapters.get(method),
+      max_new_tokens=max_new_tokens,
+      react=ReactConfig(max_steps=max_steps),
+      policy=(policies or {}).get(method),
+    )
+    out[method] = dict(
+      score=score(result.answers[0], result.raw[0]),
+      raw=result.raw[0],
+      judger=agent_record(result.traces[0]),
+      ttft_s=result.ttft_s,
+      cache_prepare_s=result.cache_prepare_s,
+      turn_ttft_s=result.turn_ttft_s,
+      prompt_tokens=result.prompt_tokens[0],
+      generated_tokens=result.generated_tokens[0],
+      adapter="trained" if method in adapters else "none",
+      wall_s=time.perf_counter() - start,
+    )
+  return out

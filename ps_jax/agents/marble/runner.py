@@ -34,7 +34,7 @@ import jax
 
 from ps_jax.adapter import Adapter
 from ps_jax.agents import session as session_lib
-from ps_jax.agents.judger import run_judger
+from ps_jax.agents.judger import judge_methods
 from ps_jax.agents.marble.cases import MarbleCase
 from ps_jax.agents.marble.env import SETTLE_S, query_tool, setup_case
 from ps_jax.agents.marble.scoring import score_case
@@ -43,13 +43,12 @@ from ps_jax.agents.session import MEMORY_MODES
 from ps_jax.agents.tools.query_db import QueryDB
 from ps_jax.agents.tools.registry import ToolRegistry
 from ps_jax.agents.trajectories import (
-  agent_record,
   branches_from_records,
   capture_workers,
   rescored_record,
 )
 from ps_jax.generation import encode_prompts
-from ps_jax.synthesis import METHOD_TABLE, METHODS
+from ps_jax.synthesis import METHODS
 
 # --- the release's prompts (marble_db/prompts.py) ---
 
@@ -246,37 +245,21 @@ def _judge(
 ) -> dict[str, Any]:
   ids = [a["agent_id"] for a in worker_agents]
   text_context = results_summary(ids, [a["final_output"] for a in worker_agents])
-  out = {}
-  for method in config.methods:
-    reads_text = METHOD_TABLE[method].reads == "text"
-    conv = judger_messages(case, text_context if reads_text else LATENT_INVESTIGATIONS)
-    start = time.perf_counter()
-    result = run_judger(
-      model,
-      tokenizer,
-      branches,
-      [conv],
-      method,
-      registry,
-      adapter=adapters.get(method),
-      max_new_tokens=config.judger_max_new_tokens,
-      react=ReactConfig(max_steps=config.judger_max_steps),
-      policy=(judger_policies or {}).get(method),
-    )
-    trace = result.traces[0]
-    out[method] = dict(
-      score=score_case(result.raw[0], case),
-      raw=result.raw[0],
-      judger=agent_record(trace),
-      ttft_s=result.ttft_s,
-      cache_prepare_s=result.cache_prepare_s,
-      turn_ttft_s=result.turn_ttft_s,
-      prompt_tokens=result.prompt_tokens[0],
-      generated_tokens=result.generated_tokens[0],
-      adapter="trained" if method in adapters else "none",
-      wall_s=time.perf_counter() - start,
-    )
-  return out
+  return judge_methods(
+    model,
+    tokenizer,
+    branches,
+    registry,
+    methods=config.methods,
+    messages=lambda reads_text: judger_messages(
+      case, text_context if reads_text else LATENT_INVESTIGATIONS
+    ),
+    score=lambda answer, raw: score_case(raw, case),
+    adapters=adapters,
+    max_new_tokens=config.judger_max_new_tokens,
+    max_steps=config.judger_max_steps,
+    policies=judger_policies,
+  )
 
 
 def run_case(
