@@ -153,35 +153,13 @@ def write_report(summary: dict, workdir: str, title: str) -> None:
   ]
   with open(os.path.join(workdir, "agent.md"), "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
-  _plot(summary, os.path.join(workdir, "agent.png"), title)
+  from ps_jax.evals.runner import plot_accuracy_and_ttft  # pylint: disable=import-outside-toplevel
 
-
-def _plot(summary: dict, path: str, title: str) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
-  methods = list(summary["methods"])
-  stats = [summary["methods"][m] for m in methods]
-  acc = [100 * (s["accuracy"] or 0) for s in stats]
-  cis = [s["accuracy_ci95"] or [0, 0] for s in stats]
-  err = [
-    [a - 100 * ci[0] for a, ci in zip(acc, cis, strict=True)],
-    [100 * ci[1] - a for a, ci in zip(acc, cis, strict=True)],
-  ]
-  fig, (ax_acc, ax_ttft) = plt.subplots(1, 2, figsize=(9, 3.5))
-  ax_acc.bar(methods, acc, yerr=err, capsize=4, color="tab:blue")
-  if summary["chance"]:
-    ax_acc.axhline(100 * summary["chance"]["accuracy"], color="gray", ls="--", label="chance")
-    ax_acc.legend(loc="upper right", fontsize=8)
-  ax_acc.set_ylabel("accuracy (%), 95% Wilson CI")
-  ax_acc.set_ylim(0, 100)
-  ax_ttft.bar(methods, [1e3 * (s["ttft_median_s"] or 0) for s in stats], color="tab:orange")
-  ax_ttft.set_ylabel("judger TTFT median (ms)")
-  for ax in (ax_acc, ax_ttft):
-    ax.tick_params(axis="x", labelrotation=20)
-  fig.suptitle(f"{title}: {summary['cases']} cases", fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plot_accuracy_and_ttft(
+    summary["methods"],
+    os.path.join(workdir, "agent.png"),
+    f"{title}: {summary['cases']} cases",
+    accuracy_label="accuracy (%), 95% Wilson CI",
+    ttft_label="judger TTFT median (ms)",
+    chance=summary["chance"]["accuracy"] if summary["chance"] else None,
+  )

@@ -235,32 +235,50 @@ def write_summary(summary: dict, workdir: str, title: str = "Evaluation") -> Non
   lines += ["", "![accuracy per method](summary.png)"]
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
-  _plot_summary(summary, os.path.join(workdir, "summary.png"), title)
+  plot_accuracy_and_ttft(
+    summary["methods"],
+    os.path.join(workdir, "summary.png"),
+    f"{title}: {summary['num_examples']} examples",
+  )
 
 
-def _plot_summary(summary: dict, path: str, title: str) -> None:
-  """Accuracy per method with its 95% interval, beside the median TTFT."""
+def plot_accuracy_and_ttft(
+  methods: dict,
+  path: str,
+  title: str,
+  *,
+  accuracy_label: str = "accuracy (%), 95% CI",
+  ttft_label: str = "TTFT median (ms)",
+  chance: float | None = None,
+) -> None:
+  """Accuracy per method with its 95% interval, beside the median TTFT (the evaluation's and
+  the agent workflows' plot). methods: name -> {"accuracy", "accuracy_ci95", "ttft_median_s"}
+  (None: no value, drawn as 0); chance: an accuracy drawn as a dashed line."""
   import matplotlib  # pylint: disable=import-outside-toplevel
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  methods = list(summary["methods"])
-  stats = [summary["methods"][m] for m in methods]
-  acc = [100 * s["accuracy"] for s in stats]
+  names = list(methods)
+  stats = [methods[m] for m in names]
+  acc = [100 * (s["accuracy"] or 0) for s in stats]
+  cis = [s["accuracy_ci95"] or [0, 0] for s in stats]
   err = [
-    [a - 100 * s["accuracy_ci95"][0] for a, s in zip(acc, stats, strict=True)],
-    [100 * s["accuracy_ci95"][1] - a for a, s in zip(acc, stats, strict=True)],
+    [a - 100 * ci[0] for a, ci in zip(acc, cis, strict=True)],
+    [100 * ci[1] - a for a, ci in zip(acc, cis, strict=True)],
   ]
   fig, (ax_acc, ax_ttft) = plt.subplots(1, 2, figsize=(9, 3.5))
-  ax_acc.bar(methods, acc, yerr=err, capsize=4, color="tab:blue")
-  ax_acc.set_ylabel("accuracy (%), 95% CI")
+  ax_acc.bar(names, acc, yerr=err, capsize=4, color="tab:blue")
+  if chance is not None:
+    ax_acc.axhline(100 * chance, color="gray", ls="--", label="chance")
+    ax_acc.legend(loc="upper right", fontsize=8)
+  ax_acc.set_ylabel(accuracy_label)
   ax_acc.set_ylim(0, 100)
-  ax_ttft.bar(methods, [1e3 * (s["ttft_median_s"] or 0) for s in stats], color="tab:orange")
-  ax_ttft.set_ylabel("TTFT median (ms)")
+  ax_ttft.bar(names, [1e3 * (s["ttft_median_s"] or 0) for s in stats], color="tab:orange")
+  ax_ttft.set_ylabel(ttft_label)
   for ax in (ax_acc, ax_ttft):
     ax.tick_params(axis="x", labelrotation=20)
-  fig.suptitle(f"{title}: {summary['num_examples']} examples", fontsize=10)
+  fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
