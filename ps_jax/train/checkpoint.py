@@ -96,27 +96,16 @@ class Checkpointer:
     go (any mesh: the saved one does not matter).
     """
     self.manager.wait_until_finished()
-    for step in sorted(self.manager.all_steps(), reverse=True):
-      try:
-        with _drained_event_loops():
-          restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(abstract_state), data=_IteratorStateRestore()
-            ),
-          )
-      except Exception as e:  # pylint: disable=broad-except
-        logging.warning(
-          "checkpoint at step %d in %s is unreadable (%s: %s); falling back to the previous one",
-          step,
-          self.directory,
-          type(e).__name__,
-          str(e)[:200],
-        )
-        self._move_aside(step)
-        continue
-      return step, restored["state"], restored["data"]
-    return None
+    args = ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), data=_IteratorStateRestore()
+    )
+    found = _restore_newest(
+      self.manager, sorted(self.manager.all_steps(), reverse=True), args, self._move_aside
+    )
+    if found is None:
+      return None
+    step, restored = found
+    return step, restored["state"], restored["data"]
 
   def _move_aside(self, step: int) -> None:
     """Renames an unreadable step (kept for inspection) so that it can be saved anew."""
@@ -274,38 +263,45 @@ def read_state(directory: str, abstract_state, step: int | None = None) -> tuple
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
   try:
     steps = sorted(manager.all_steps(), reverse=True)
-    if step is not None:
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    if step is not None:  # this one or an error naming it
       if step not in steps:
         raise ValueError(f"{directory}: no checkpoint at step {step}; steps: {sorted(steps)}")
-      steps = [step]
-    if not steps:
-      raise FileNotFoundError(f"{directory}: no checkpoints (has the run saved one yet?)")
-    unreadable = []
-    for s in steps:
       try:
         with _drained_event_loops():
-          restored = manager.restore(
-            s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-          )
+          return step, manager.restore(step, args=args)["state"]
       except Exception as e:  # pylint: disable=broad-except
-        if step is not None:
-          raise ValueError(
-            f"{directory}: checkpoint at step {s} is unreadable "
-            f"({type(e).__name__}: {str(e)[:300]})"
-          ) from e
-        logging.warning(
-          "checkpoint at step %d in %s is unreadable (%s: %s); trying the previous one",
-          s,
-          directory,
-          type(e).__name__,
-          str(e)[:200],
-        )
-        unreadable.append(s)
-        continue
-      return s, restored["state"]
-    raise ValueError(f"{directory}: no checkpoint restores cleanly (tried steps {unreadable})")
+        raise ValueError(
+          f"{directory}: checkpoint at step {step} is unreadable "
+          f"({type(e).__name__}: {str(e)[:300]})"
+        ) from e
+    if not steps:
+      raise FileNotFoundError(f"{directory}: no checkpoints (has the run saved one yet?)")
+    found = _restore_newest(manager, steps, args)
+    if found is None:
+      raise ValueError(f"{directory}: no checkpoint restores cleanly (tried steps {steps})")
+    return found[0], found[1]["state"]
   finally:
     manager.close()
+
+
+def _restore_newest(manager, steps, args, on_unreadable=lambda step: None):
+  """(step, restored) of the first of `steps` that restores cleanly, or None; each unreadable
+  one is logged with a warning naming it and handed to `on_unreadable`."""
+  for step in steps:
+    try:
+      with _drained_event_loops():
+        return step, manager.restore(step, args=args)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning(
+        "checkpoint at step %d in %s is unreadable (%s: %s); trying the previous one",
+        step,
+        manager.directory,
+        type(e).__name__,
+        str(e)[:200],
+      )
+      on_unreadable(step)
+  return None
 
 
 def save_tree(path: str, tree) -> None:
