@@ -54,14 +54,15 @@ class BranchCaches:
   def merged(self) -> PrefixKV:
     """Branches concatenated along the sequence axis, in branch order: [L, B, R*S, K, H]."""
     num_layers, b, r, s, kh, h = self.k.shape
-    mask = self.mask()
+    mask = self.mask().reshape(b, r * s)
     # Padding slots get probability exactly 0, but 0 * (inf or NaN junk) would still be NaN.
-    k, v = (jnp.where(mask[None, :, :, :, None, None], x, 0) for x in (self.k, self.v))
-    return PrefixKV(
-      k=k.reshape(num_layers, b, r * s, kh, h),
-      v=v.reshape(num_layers, b, r * s, kh, h),
-      mask=mask.reshape(b, r * s),
+    # Masked after the reshape: masking the 6-D layout first made XLA CPU copy all of K and V
+    # once more when B = 1 (a layout change of the size-1 axis), ~35% of the build.
+    k, v = (
+      jnp.where(mask[None, :, :, None, None], x.reshape(num_layers, b, r * s, kh, h), 0)
+      for x in (self.k, self.v)
     )
+    return PrefixKV(k=k, v=v, mask=mask)
 
 
 @dataclasses.dataclass
