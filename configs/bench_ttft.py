@@ -16,7 +16,8 @@ fewer, at least min_repeats = 2. Measured 2026-12-02 with another job loading th
 (1-minute load average ~5.5): those three largest cells took 12.4 min (each ps_jax text call
 11-30 s, transformers 9-21 s); the six others add an estimated ~8 min (from the quick mode's
 per-call times at the same load), so ~21 min in all at that load. Idle, calls are ~2.5x faster
-(2,048-token prefill ~4.6 s in ps_jax, ~2.9 s in transformers): ~9 min.
+(2,048-token prefill ~4.6 s in ps_jax, ~2.9 s in transformers): ~9 min. On an idle 2-core
+AMD EPYC (2026-12-03), where both frameworks' long prefills are slower: 11.0 min.
 
   python -m launch.bench_ttft --config configs/bench_ttft.py:quick=true
 
