@@ -326,6 +326,7 @@ def run_cell(cell: Cell, c, model, tokenizer, rows, log: Callable[[str], None] =
   record["eval_wall_s"] = time.perf_counter() - eval_start
   record["wall_s"] = time.perf_counter() - start
   record["leak_ok"] = bool(rows.leak["ok"])
+  record["machine"] = machine()  # cells of one study may run on different machines
   _write_json(cell.result_path, record)
   log(f"cell {cell.name}: {', '.join(accs)}; {record['wall_s']:.0f} s")
   return record
@@ -495,6 +496,11 @@ def view_name(mix: str, layout: str) -> str:
   return f"{mix} / {layout} branches"
 
 
+def _cells_per_cpu(rows) -> dict[str, int]:
+  """Finished cells per CPU name ("not recorded": cells written before cells recorded it)."""
+  return dict(collections.Counter(r["cpu"] for r in rows if "cpu" in r))
+
+
 def summarize(c, cells: Sequence[Cell], resamples: int = 10000) -> dict:
   """The study's numbers from the finished cells' result.json files.
 
@@ -512,6 +518,7 @@ def summarize(c, cells: Sequence[Cell], resamples: int = 10000) -> dict:
     row = {"cell": cell.name, "status": "done" if rec else "missing"}
     if rec is not None:
       row.update({k: rec[k] for k in ("wall_s", "train_wall_s", "eval_wall_s") if k in rec})
+      row["cpu"] = rec.get("machine", {}).get("cpu", "not recorded")
       if "train" in rec:
         row["train"] = rec["train"]
     rows.append(row)
@@ -622,8 +629,10 @@ def write_study_report(report: dict, directory: str, *, name: str = "study") -> 
     f"{report['seeds']}; training mixes {report['mixes']}; branch layouts "
     f"{report.get('branch_layouts')} (fixed: from position 0, as in training; worker: after "
     "the worker prompt; text methods read only texts and are shared by every layout)",
-    f"- machine: {mach.get('cpu', '?')}, {mach.get('cpu_cores', '?')} cores, devices "
-    f"{', '.join(mach.get('devices', []))}; jax {mach.get('jax', '?')}",
+    f"- machine of this report's run: {mach.get('cpu', '?')}, {mach.get('cpu_cores', '?')} "
+    f"cores, devices {', '.join(mach.get('devices', []))}; jax {mach.get('jax', '?')}",
+    "- cells per CPU they ran on: "
+    + "; ".join(f"{cpu}: {n}" for cpu, n in _cells_per_cpu(report["cells"]).items()),
     *(
       [
         f"- distillation rows (teacher: the base model's text synthesizer): "

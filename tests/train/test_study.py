@@ -63,8 +63,10 @@ def test_every_cell_runs_and_the_report_is_written(first_run):
   assert list(rec["eval"]) == ["fixed", "worker"]
   assert report["machine"]["cpu_cores"] >= 1 and report["wall"]["cells_total_s"] > 0
   md = open(os.path.join(workdir, "study.md")).read()
-  for text in ("parallel_synthesis - text_lora", "Significant differences", "machine:", "wall"):
+  for text in ("parallel_synthesis - text_lora", "Significant differences", "machine", "wall"):
     assert text in md
+  cpu = report["machine"]["cpu"]  # every cell records the machine it ran on
+  assert f"cells per CPU they ran on: {cpu}: {len(names)}" in md
   assert "Interim" not in md
   rec = json.load(open(os.path.join(workdir, "cells", "base", "text_lora", "seed1", "result.json")))
   assert rec["train"]["steps"] == 2 and rec["leak_ok"]
