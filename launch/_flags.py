@@ -14,6 +14,8 @@ from absl import flags
 
 from ps_jax import distributed
 
+PREEMPTED_EXIT_CODE = 128 + 15  # as if ended by SIGTERM: a scheduler sees an unfinished run
+
 DISTRIBUTED = flags.DEFINE_enum(
   "distributed",
   "off",

@@ -11,6 +11,8 @@ ps_jax/train/study.py.
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -29,7 +31,7 @@ def main(argv):
   _flags.initialize_distributed()  # first: before anything queries devices
   import logging as pylogging  # pylint: disable=import-outside-toplevel
 
-  from ps_jax.train.study import run_study  # pylint: disable=import-outside-toplevel
+  from ps_jax.train.study import Preempted, run_study  # pylint: disable=import-outside-toplevel
 
   logging.get_absl_handler().addFilter(  # orbax logs every save at INFO
     lambda r: "orbax" not in r.pathname or r.levelno >= pylogging.WARNING
@@ -39,7 +41,11 @@ def main(argv):
     logging.info(msg)
     print(msg, flush=True)
 
-  out = run_study(FLAGS.config, FLAGS.workdir, log=log, report_only=FLAGS.report_only)
+  try:
+    out = run_study(FLAGS.config, FLAGS.workdir, log=log, report_only=FLAGS.report_only)
+  except Preempted as e:
+    log(str(e))
+    sys.exit(_flags.PREEMPTED_EXIT_CODE)
   log(f"ran {len(out['ran'])} cells, skipped {len(out['skipped'])} finished ones")
   print(open(out["paths"]["md"]).read())
 

@@ -47,7 +47,6 @@ flags.DEFINE_string(
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.mark_flags_as_required(["config"])  # a clear usage error, before anything runs
 FLAGS = flags.FLAGS
-PREEMPTED_EXIT_CODE = 128 + 15  # as if ended by SIGTERM: a scheduler sees an unfinished run
 
 
 def _quiet_orbax() -> None:
@@ -103,7 +102,7 @@ def main(argv):
         f"{method}: preempted after step {result.last_step} (checkpoint saved in {workdir}); "
         "rerun the same command to resume"
       )
-      sys.exit(PREEMPTED_EXIT_CODE)
+      sys.exit(_flags.PREEMPTED_EXIT_CODE)
     print(
       f"{method}: trained {result.last_step} steps in {seconds[method]:.0f} s; last loss "
       f"{result.history[-1]['loss'] if result.history else float('nan'):.4f}"

@@ -252,6 +252,10 @@ def _eval_record(evaluated: dict) -> dict:
   return {k: evaluated[k] for k in keep if k in evaluated}
 
 
+class Preempted(RuntimeError):
+  """A SIGTERM stopped a cell's training after a checkpoint; the same command resumes it."""
+
+
 def run_cell(cell: Cell, c, model, tokenizer, rows, log: Callable[[str], None] = print) -> dict:
   """Trains (unless zero-shot) and evaluates one cell; writes and returns its result.json."""
   from ps_jax.adapter import save_adapter  # pylint: disable=import-outside-toplevel
@@ -287,6 +291,11 @@ def run_cell(cell: Cell, c, model, tokenizer, rows, log: Callable[[str], None] =
       os.path.join(cell.directory, "train"),
       row_stats=rows.stats,
     )
+    if result.preempted:  # a part-trained adapter must not be evaluated as the cell's result
+      raise Preempted(
+        f"cell {cell.name}: preempted after step {result.last_step} (checkpoint saved); "
+        "rerun the same command to resume"
+      )
     save_adapter(result.adapter, os.path.join(cell.directory, "adapter"))
     adapters[method] = result.adapter
     history = result.history

@@ -12,6 +12,7 @@ import pytest
 
 from configs import study as study_config
 from ps_jax.train import study
+from ps_jax.train.checkpoint import Checkpointer
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,9 @@ def test_rerun_skips_finished_cells_and_reruns_an_unfinished_one(first_run):
   assert json.load(open(results[name]))["train"]["steps"] == 2
 
 
-def test_a_mapper_variant_trains_its_own_adapter_and_reports_under_its_name(tmp_path, cache_dir):
+def test_a_mapper_variant_trains_its_own_adapter_and_reports_under_its_name(
+  tmp_path, cache_dir, monkeypatch
+):
   del cache_dir
   from ps_jax.adapter import load_adapter  # pylint: disable=import-outside-toplevel
 
@@ -114,9 +117,18 @@ def test_a_mapper_variant_trains_its_own_adapter_and_reports_under_its_name(tmp_
   # The variant is listed for the base mix only: no distillation cell (and no teacher run).
   assert [cell.name for cell in study.plan(c, "/nowhere")] == ["base/ps_per_head_mapper/seed0"]
   c.study.mixes = ("base",)
+  cell = tmp_path / "cells" / "base" / "ps_per_head_mapper" / "seed0"
+  # A SIGTERM during training: the cell stops after a checkpoint and writes no result (a
+  # part-trained adapter is never evaluated as the cell's); the rerun resumes and finishes it.
+  with monkeypatch.context() as m:
+    m.setattr(Checkpointer, "reached_preemption", lambda self, step: True)
+    with pytest.raises(study.Preempted, match="ps_per_head_mapper/seed0: preempted after step 1"):
+      study.run_study(c, str(tmp_path), log=lambda msg: None)
+  assert not (cell / "result.json").exists()
   out = study.run_study(c, str(tmp_path), log=lambda msg: None)
   assert out["ran"] == ["base/ps_per_head_mapper/seed0"]
-  cell = tmp_path / "cells" / "base" / "ps_per_head_mapper" / "seed0"
+  steps = [json.loads(line)["step"] for line in open(cell / "train" / "metrics.jsonl")]
+  assert steps == [1, 2]  # step 1 not trained again
   adapter = load_adapter(str(cell / "adapter"))
   assert adapter.mapper.per_head
   assert adapter.mapper.w2.shape[-1] == 4 * c.model.random_shape.num_kv_heads
