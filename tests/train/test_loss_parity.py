@@ -36,6 +36,8 @@ from ps_jax.train.step import (
 from ps_jax.workers import encode_branches
 from train_helpers import TINY_SHAPE
 
+pytestmark = pytest.mark.slow  # trains: runs long (scheduled first, tests/conftest.py)
+
 TOL = 1e-5
 CFG = PipelineConfig(
   batch_size=3, max_branches=3, branch_tokens=32, synth_tokens=96, target_tokens=16

@@ -24,6 +24,8 @@ import pytest
 
 from train_helpers import REF_STEPS, ROOT, cli_command, read_metrics
 
+pytestmark = pytest.mark.slow  # trains: runs long (scheduled first, tests/conftest.py)
+
 KEYS = ("loss", "grad_norm", "target_tokens")
 
 

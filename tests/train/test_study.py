@@ -14,6 +14,8 @@ from configs import study as study_config
 from ps_jax.train import study
 from ps_jax.train.checkpoint import Checkpointer
 
+pytestmark = pytest.mark.slow  # trains: runs long (scheduled first, tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, cache_dir):

@@ -28,6 +28,8 @@ from ps_jax.train.loop import AdapterConfig, NonFiniteLossError, TrainConfig, tr
 from ps_jax.train.step import OptimizerConfig
 from train_helpers import read_metrics
 
+pytestmark = pytest.mark.slow  # trains: runs long (scheduled first, tests/conftest.py)
+
 STEPS = 4
 CFG = TrainConfig(
   num_steps=STEPS,
