@@ -195,7 +195,8 @@ def _data_config(c, seed: int, sources: Sequence[str]):
 
 def distill_rows(c, model, tokenizer, workdir: str, log: Callable[[str], None] = print) -> str:
   """The distillation rows' JSONL: `distill.path` if set (made by launch.distill), else made
-  here (resumable) with the base model's greedy text synthesizer as the teacher."""
+  here (resumable) with the base model's greedy text synthesizer as the teacher. Raises if it
+  holds no rows: a "distill" cell would otherwise train on the base rows under that name."""
   from ps_jax.experiment import distill_config  # pylint: disable=import-outside-toplevel
   from ps_jax.train import distill as distill_lib  # pylint: disable=import-outside-toplevel
 
@@ -203,7 +204,7 @@ def distill_rows(c, model, tokenizer, workdir: str, log: Callable[[str], None] =
   if d.path:
     if not os.path.isfile(d.path):
       raise FileNotFoundError(f"distill.path={d.path!r} does not exist")
-    return d.path
+    return _nonempty(d.path, "distill.path")
   output = os.path.join(workdir, "distill", "distilled.jsonl")
   cfg = distill_config(d)
   syn = d.synthetic
@@ -221,7 +222,16 @@ def distill_rows(c, model, tokenizer, workdir: str, log: Callable[[str], None] =
     model, tokenizer, inputs, cfg, output, settings=json.loads(json.dumps(settings))
   )
   log(f"distillation rows {output}: {stats}")
-  return output
+  return _nonempty(output, "distill.synthetic.per_family")
+
+
+def _nonempty(path: str, field: str) -> str:
+  if not count_rows(path):
+    raise ValueError(
+      f"the distillation rows {path!r} hold no rows (check {field}): the distill mix would "
+      "train on the base rows alone"
+    )
+  return path
 
 
 def count_rows(path: str) -> int:
@@ -406,8 +416,6 @@ def run_study(
     distill_path = None
     if any(cell.mix == "distill" for cell in todo):
       distill_path = distill_rows(c, model, tokenizer, workdir, log)
-      if not count_rows(distill_path):
-        log(f"WARNING: {distill_path} holds no rows: the distill mix trains on the base rows")
     base_sources = (c.data.sources,) if isinstance(c.data.sources, str) else c.data.sources
     sources = {"base": tuple(base_sources), ZERO_SHOT: tuple(base_sources)}
     if distill_path is not None:

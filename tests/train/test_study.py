@@ -154,3 +154,17 @@ def test_study_config_errors_name_the_field():
   c.study.variants.ps_features_length.method = "pcw"
   with pytest.raises(ValueError, match=r"study.variants.ps_features_length.method"):
     study.check_study_config(c)
+
+
+def test_empty_distillation_rows_are_refused_before_any_cell_trains(tmp_path):
+  c = study_config.get_config("tiny")
+  c.study.methods = ("parallel_synthesis",)
+  c.study.zero_shot = ()
+  c.study.seeds = (0,)
+  c.study.mixes = ("distill",)
+  empty = tmp_path / "distilled.jsonl"
+  empty.write_text("\n")
+  c.distill.path = str(empty)
+  with pytest.raises(ValueError, match=r"hold no rows \(check distill.path\)"):
+    study.run_study(c, str(tmp_path / "w"), log=lambda msg: None)
+  assert not (tmp_path / "w" / "cells" / "distill").exists()
