@@ -740,11 +740,16 @@ def write_study_report(report: dict, directory: str, *, name: str = "study") -> 
 
 
 def _plot(report: dict, path: str) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
 
   views = list(report["summary"]) or ["(none)"]
   fig = Figure(figsize=(11, 3.6 * len(views)))
   axes = fig.subplots(len(views), 1, squeeze=False)[:, 0]
+  # One colour per method in every view (the default cycle repeats after 10 methods).
+  methods = list(dict.fromkeys(m for v in report["summary"].values() for m in v))
+  cmap = matplotlib.colormaps["tab10" if len(methods) <= 10 else "tab20"]
+  colors = {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
   for ax, view in zip(axes, views, strict=True):
     per_method = report["summary"].get(view, {})
     families = sorted({g for v in per_method.values() for g in v["per_family"]})
@@ -757,7 +762,9 @@ def _plot(report: dict, path: str) -> None:
       lo = np.array([c["ci95"][0] if c else np.nan for c in cis]) * 100
       hi = np.array([c["ci95"][1] if c else np.nan for c in cis]) * 100
       err = np.nan_to_num(np.clip(np.array([means - lo, hi - means]), 0, None))
-      ax.bar(x + i * width, np.nan_to_num(means), width, yerr=err, capsize=2, label=m)
+      ax.bar(
+        x + i * width, np.nan_to_num(means), width, yerr=err, capsize=2, label=m, color=colors[m]
+      )
     ax.set_xticks(x + width * (len(per_method) - 1) / 2)
     ax.set_xticklabels(labels, rotation=15, fontsize="small")
     ax.set_ylim(0, 105)
