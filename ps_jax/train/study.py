@@ -746,10 +746,11 @@ def _plot(report: dict, path: str) -> None:
   views = list(report["summary"]) or ["(none)"]
   fig = Figure(figsize=(11, 3.6 * len(views)))
   axes = fig.subplots(len(views), 1, squeeze=False)[:, 0]
-  # One colour per method in every view (the default cycle repeats after 10 methods).
+  # One colour per method in every view: tab10's hues (tab20's even entries), then their light
+  # shades (the default cycle would repeat after 10 methods).
   methods = list(dict.fromkeys(m for v in report["summary"].values() for m in v))
-  cmap = matplotlib.colormaps["tab10" if len(methods) <= 10 else "tab20"]
-  colors = {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
+  tab20 = matplotlib.colormaps["tab20"]
+  colors = {m: tab20((2 * i) % 20 + (i // 10) % 2) for i, m in enumerate(methods)}
   for ax, view in zip(axes, views, strict=True):
     per_method = report["summary"].get(view, {})
     families = sorted({g for v in per_method.values() for g in v["per_family"]})
