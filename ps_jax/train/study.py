@@ -35,6 +35,7 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -319,6 +320,7 @@ def run_cell(cell: Cell, c, model, tokenizer, rows, log: Callable[[str], None] =
       "skipped": {k: v for k, v in history[-1].items() if k.startswith("skipped/")}
       if history
       else {},
+      "mapper_offset": mapper_offset(result.adapter.mapper),
     }
   record["train_wall_s"] = time.perf_counter() - start
   eval_start = time.perf_counter()
@@ -349,6 +351,23 @@ def run_cell(cell: Cell, c, model, tokenizer, rows, log: Callable[[str], None] =
   _write_json(cell.result_path, record)
   log(f"cell {cell.name}: {', '.join(accs)}; {record['wall_s']:.0f} s")
   return record
+
+
+def mapper_offset(mapper) -> dict | None:
+  """How far a trained mapper moved from the identity: max and mean |coefficient - identity| per
+  coefficient (alpha_k, beta_k, alpha_v, beta_v; each bounded by 0.1) over every layer, KV head
+  and a grid of 1-4 branches of 8-512 tokens. None without a mapper."""
+  if mapper is None:
+    return None
+  lengths = np.array([[n] * k + [0] * (4 - k) for k in range(1, 5) for n in (8, 32, 128, 512)])
+  coefs = np.asarray(mapper.coefficients(jnp.asarray(lengths)))  # [L, 16, 4, K, 4]
+  valid = (lengths > 0)[None, :, :, None]  # [1, 16, 4, 1]
+  offset = np.abs(coefs - np.array([1.0, 0.0, 1.0, 0.0]))[np.broadcast_to(valid, coefs.shape[:-1])]
+  names = ("alpha_k", "beta_k", "alpha_v", "beta_v")
+  return {
+    "max": dict(zip(names, offset.max(0).tolist(), strict=True)),
+    "mean": dict(zip(names, offset.mean(0).tolist(), strict=True)),
+  }
 
 
 def _relabel(evaluation: dict, method: str, name: str) -> dict:
@@ -725,14 +744,20 @@ def write_study_report(report: dict, directory: str, *, name: str = "study") -> 
     "",
     "## Cells",
     "",
-    "| cell | status | train steps | final loss | wall (s) |",
-    "|---|---|---|---|---|",
+    "Mapper offset: the trained mapper's largest |coefficient - identity| (`mapper_offset`; "
+    "tanh bounds it at 0.1; blank without a mapper or for cells run before it was recorded).",
+    "",
+    "| cell | status | train steps | final loss | mapper offset | wall (s) |",
+    "|---|---|---|---|---|---|",
   ]
   for r in report["cells"]:
     tr = r.get("train", {})
     loss = "" if tr.get("final_loss") is None else f"{tr['final_loss']:.3f}"
+    offset = tr.get("mapper_offset")
+    offset = "" if offset is None else f"{max(offset['max'].values()):.4f}"
     wall_s = "" if r.get("wall_s") is None else f"{r['wall_s']:.0f}"
-    lines.append(f"| {r['cell']} | {r['status']} | {tr.get('steps', '')} | {loss} | {wall_s} |")
+    steps = tr.get("steps", "")
+    lines.append(f"| {r['cell']} | {r['status']} | {steps} | {loss} | {offset} | {wall_s} |")
   with open(paths["md"], "w") as f:
     f.write("\n".join(lines) + "\n")
   _plot(report, paths["png"])

@@ -60,6 +60,7 @@ def test_every_cell_runs_and_the_report_is_written(first_run):
   assert 0 < t["p_value"] <= 1 and isinstance(t["significant"], bool)
   rec = json.load(open(os.path.join(workdir, "cells", "base", "text_lora", "seed0", "result.json")))
   assert list(rec["eval"]) == ["fixed"]
+  assert rec["train"]["mapper_offset"] is None  # no mapper
   rec = json.load(
     open(os.path.join(workdir, "cells", "base", "parallel_synthesis", "seed0", "result.json"))
   )
@@ -135,6 +136,11 @@ def test_a_mapper_variant_trains_its_own_adapter_and_reports_under_its_name(
   assert adapter.mapper.per_head
   assert adapter.mapper.w2.shape[-1] == 4 * c.model.random_shape.num_kv_heads
   rec = json.loads((cell / "result.json").read_text())
+  offset = rec["train"]["mapper_offset"]  # trained away from the identity, within tanh's bound
+  assert list(offset["max"]) == ["alpha_k", "beta_k", "alpha_v", "beta_v"]
+  assert 0 < max(offset["max"].values()) <= 0.1
+  assert all(0 <= offset["mean"][k] <= offset["max"][k] for k in offset["max"])
+  assert f"| {max(offset['max'].values()):.4f} |" in (tmp_path / "study.md").read_text()
   assert list(rec["eval"]["fixed"]["accuracy"]) == ["ps_per_head_mapper"]
   assert list(rec["eval"]["fixed"]["per_example"]["scores"]) == ["ps_per_head_mapper"]
   summary = out["report"]["summary"]["base / fixed branches"]
