@@ -19,6 +19,8 @@ from ps_jax.cache.branches import BranchCaches
 from ps_jax.typing import Array
 
 METADATA_FEATURES = ("both", "length", "num_agents", "none")
+COEFFICIENTS = ("alpha_k", "beta_k", "alpha_v", "beta_v")  # the last axis of `coefficients`
+IDENTITY = (1.0, 0.0, 1.0, 0.0)  # the coefficients of the identity map (the map at init)
 
 
 class MapperParam(nnx.Param):
@@ -88,7 +90,7 @@ class CacheMapper(nnx.Module):
     if self.num_kv_heads is not None:
       raw = jnp.broadcast_to(raw, (*raw.shape[:3], self.num_kv_heads, 4))
     t = 0.1 * jnp.tanh(raw)
-    return t + jnp.array([1.0, 0.0, 1.0, 0.0])
+    return t + jnp.array(IDENTITY)
 
   def __call__(self, caches: BranchCaches) -> BranchCaches:
     """K'' = alpha_k K + beta_k, V'' = alpha_v V + beta_v, in fp32, cast to the cache dtype."""

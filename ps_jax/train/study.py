@@ -40,6 +40,7 @@ import ml_collections
 import numpy as np
 
 from ps_jax.evals.stats import mean_ci, paired_bootstrap
+from ps_jax.mapper import COEFFICIENTS, IDENTITY
 from ps_jax.synthesis import METHOD_TABLE
 
 MIXES = ("base", "distill")
@@ -362,11 +363,10 @@ def mapper_offset(mapper) -> dict | None:
   lengths = np.array([[n] * k + [0] * (4 - k) for k in range(1, 5) for n in (8, 32, 128, 512)])
   coefs = np.asarray(mapper.coefficients(jnp.asarray(lengths)))  # [L, 16, 4, K, 4]
   valid = (lengths > 0)[None, :, :, None]  # [1, 16, 4, 1]
-  offset = np.abs(coefs - np.array([1.0, 0.0, 1.0, 0.0]))[np.broadcast_to(valid, coefs.shape[:-1])]
-  names = ("alpha_k", "beta_k", "alpha_v", "beta_v")
+  offset = np.abs(coefs - np.array(IDENTITY))[np.broadcast_to(valid, coefs.shape[:-1])]
   return {
-    "max": dict(zip(names, offset.max(0).tolist(), strict=True)),
-    "mean": dict(zip(names, offset.mean(0).tolist(), strict=True)),
+    "max": dict(zip(COEFFICIENTS, offset.max(0).tolist(), strict=True)),
+    "mean": dict(zip(COEFFICIENTS, offset.mean(0).tolist(), strict=True)),
   }
 
 
