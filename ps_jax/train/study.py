@@ -241,6 +241,33 @@ def count_rows(path: str) -> int:
     return sum(1 for line in f if line.strip())
 
 
+def teacher_scores(path: str) -> dict:
+  """How often the distillation teacher is right: its answers scored by the family scorers
+  against the reference answers the rows keep (meta.distill.reference_answer); rows without a
+  reference or a known family are counted as unscored, not guessed."""
+  from ps_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+
+  per_family: dict[str, dict[str, int]] = {}
+  unscored = 0
+  with open(path) as f:
+    for line in filter(str.strip, f):
+      row = json.loads(line)
+      meta = row.get("meta", {})
+      family, reference = meta.get("family"), meta.get("distill", {}).get("reference_answer")
+      if reference is None or family not in synthetic.FAMILIES:
+        unscored += 1
+        continue
+      counts = per_family.setdefault(family, {"correct": 0, "rows": 0})
+      counts["rows"] += 1
+      counts["correct"] += int(synthetic.score(family, row["answer"], str(reference)) == 1.0)
+  return {
+    "correct": sum(c["correct"] for c in per_family.values()),
+    "scored": sum(c["rows"] for c in per_family.values()),
+    "unscored": unscored,
+    "per_family": per_family,
+  }
+
+
 def _scorer(row, text) -> float:
   from ps_jax.data import synthetic  # pylint: disable=import-outside-toplevel
 
@@ -458,6 +485,7 @@ def run_study(
     report["distill_rows"] = {
       "path": c.distill.path or os.path.relpath(path, workdir),  # no machine path when made here
       "rows": count_rows(path) if os.path.isfile(path) else None,
+      "teacher": teacher_scores(path) if os.path.isfile(path) else None,
     }
   paths = write_study_report(report, workdir, name=c.study.report_name)
   return {"ran": ran, "skipped": skipped, "paths": paths, "report": report}
@@ -639,6 +667,24 @@ def _duration(seconds: float) -> str:
   return f"{h} h {rem // 60:02d} min" if h else f"{rem // 60} min {rem % 60:02d} s"
 
 
+def _distill_rows_line(rows: dict) -> str:
+  line = (
+    f"- distillation rows (teacher: the base model's text synthesizer): {rows['rows']} in "
+    f"{os.path.basename(rows['path'])}"
+  )
+  teacher = rows.get("teacher")
+  if teacher and teacher["scored"]:
+    families = ", ".join(
+      f"{f} {c['correct']}/{c['rows']}" for f, c in teacher["per_family"].items()
+    )
+    line += (
+      f"; the teacher's answer is right (family scorers against the reference answers) on "
+      f"{teacher['correct']} of {teacher['scored']} ({families}): the distill mix distils "
+      "those answers, right or wrong"
+    )
+  return line
+
+
 def write_study_report(report: dict, directory: str, *, name: str = "study") -> dict[str, str]:
   """Writes NAME.json (everything), NAME.md (tables of means and 95% intervals over seeds,
   paired tests, significant differences, machine and wall time) and NAME.png (accuracy per
@@ -670,10 +716,7 @@ def write_study_report(report: dict, directory: str, *, name: str = "study") -> 
     "- cells per CPU they ran on: "
     + "; ".join(f"{cpu}: {n}" for cpu, n in _cells_per_cpu(report["cells"]).items()),
     *(
-      [
-        f"- distillation rows (teacher: the base model's text synthesizer): "
-        f"{report['distill_rows']['rows']} in {os.path.basename(report['distill_rows']['path'])}"
-      ]
+      [_distill_rows_line(report["distill_rows"])]
       if report.get("distill_rows", {}).get("rows") is not None
       else ["- distillation rows: not made yet"]
       if "distill_rows" in report

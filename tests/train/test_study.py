@@ -174,3 +174,32 @@ def test_empty_distillation_rows_are_refused_before_any_cell_trains(tmp_path):
   with pytest.raises(ValueError, match=r"hold no rows \(check distill.path\)"):
     study.run_study(c, str(tmp_path / "w"), log=lambda msg: None)
   assert not (tmp_path / "w" / "cells" / "distill").exists()
+
+
+def test_the_teacher_is_scored_against_the_reference_answers_its_rows_keep(tmp_path):
+  def row(family, answer, reference):
+    distill = {} if reference is None else {"reference_answer": reference}
+    return {"query": "q", "answer": answer, "meta": {"family": family, "distill": distill}}
+
+  rows = [
+    row("chat_recall", "Your order number is 49490.", "49490"),  # right
+    row("chat_recall", "Your answer is:\nYour answer is:", "H35"),  # wrong
+    row("tool_lookup", "The result is 7.", "8"),  # wrong
+    row("chat_recall", "49490", None),  # no reference: unscored
+    row("not_a_family", "x", "x"),  # unknown family: unscored
+  ]
+  path = tmp_path / "distilled.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+  teacher = study.teacher_scores(str(path))
+  assert teacher == {
+    "correct": 1,
+    "scored": 3,
+    "unscored": 2,
+    "per_family": {
+      "chat_recall": {"correct": 1, "rows": 2},
+      "tool_lookup": {"correct": 0, "rows": 1},
+    },
+  }
+  line = study._distill_rows_line({"rows": 5, "path": str(path), "teacher": teacher})
+  assert "5 in distilled.jsonl" in line and "right" in line and "on 1 of 3" in line
+  assert "chat_recall 1/2, tool_lookup 0/1" in line
