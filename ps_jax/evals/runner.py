@@ -9,9 +9,11 @@ protocol and returns fixed-text branches of its trajectories (`ps_jax.encode_bra
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import jax
@@ -139,6 +141,7 @@ def run_eval(
       rng = jax.random.fold_in(jax.random.key(cfg.seed), index)
       branches = workflow(model, tokenizer, chunk, rng)
       questions = [format_question(e) for e in chunk]
+
       per_method = {}
       for m in cfg.methods:
         per_method[m] = synthesize(
@@ -151,6 +154,15 @@ def run_eval(
           max_new_tokens=cfg.max_new_tokens,
           templates=cfg.templates,
         )
+      # Scored in parallel: each code example's tests run in a sandboxed process of their own.
+      todo = [(i, m) for i, ex in enumerate(chunk) if ex.id not in done for m in per_method]
+      outputs = [per_method[m].texts[i] for i, m in todo]
+      score = functools.partial(
+        score_example, timeout_s=cfg.code_timeout_s, limits=cfg.sandbox_limits
+      )
+      with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        values = pool.map(score, [chunk[i] for i, _ in todo], outputs)
+        scores = dict(zip(todo, values, strict=True))
       for i, ex in enumerate(chunk):
         if ex.id in done:
           continue
@@ -165,9 +177,7 @@ def run_eval(
         for m, res in per_method.items():
           rec["methods"][m] = {
             "output": res.texts[i],
-            "score": score_example(
-              ex, res.texts[i], timeout_s=cfg.code_timeout_s, limits=cfg.sandbox_limits
-            ),
+            "score": scores[i, m],
             "ttft_s": res.ttft_s,  # of the whole chunk (one batched synthesizer call)
             "prompt_tokens": int(res.prompt_tokens[i]),
             "generated_tokens": int(res.generated_tokens[i]),

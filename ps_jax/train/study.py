@@ -551,7 +551,11 @@ def _method_summary(evals: dict[int, dict], m: str) -> dict:
       k: mean_ci([e["per_kind"][m][k] for e in evs if k in e.get("per_kind", {}).get(m, {})])
       for k in kinds
     },
-    "ttft_median_s": float(np.median([e["ttft_median_s"][m] for e in evs])),
+    # Per machine: a GPU's milliseconds and a CPU's seconds are not one distribution.
+    "ttft_median_s": {
+      on: float(np.median([e["ttft_median_s"][m] for e in evs if e["ran_on"] == on]))
+      for on in sorted({e["ran_on"] for e in evs})
+    },
     "num_examples": [e["num_examples"] for e in evs],
   }
 
@@ -560,9 +564,24 @@ def view_name(mix: str, layout: str) -> str:
   return f"{mix} / {layout} branches"
 
 
-def _cells_per_cpu(rows) -> dict[str, int]:
-  """Finished cells per CPU name ("not recorded": cells written before cells recorded it)."""
-  return dict(collections.Counter(r["cpu"] for r in rows if "cpu" in r))
+def _ran_on(mach: dict | None) -> str:
+  """A cell's machine in a few words: its accelerator, else its CPU; and its jax."""
+  if not mach:
+    return "not recorded"  # cells written before cells recorded their machine
+  accelerators = sorted({d.split(":", 1)[1] for d in mach["devices"] if not d.startswith("cpu:")})
+  name = ", ".join(accelerators) or f"{mach['cpu']} CPU, {mach['cpu_cores']} cores"
+  return f"{name}, jax {mach['jax']}"
+
+
+def _fmt_ttft(per_machine: dict[str, float]) -> str:
+  """Milliseconds; the machine named where the seeds ran on several."""
+  if len(per_machine) == 1:
+    return f"{1e3 * next(iter(per_machine.values())):.0f}"
+  return "; ".join(f"{1e3 * t:.0f} ({on.split(', jax')[0]})" for on, t in per_machine.items())
+
+
+def _cells_per_machine(rows) -> dict[str, int]:
+  return dict(collections.Counter(r["ran_on"] for r in rows if "ran_on" in r))
 
 
 def summarize(c, cells: Sequence[Cell], resamples: int = 10000) -> dict:
@@ -582,7 +601,7 @@ def summarize(c, cells: Sequence[Cell], resamples: int = 10000) -> dict:
     row = {"cell": cell.name, "status": "done" if rec else "missing"}
     if rec is not None:
       row.update({k: rec[k] for k in ("wall_s", "train_wall_s", "eval_wall_s") if k in rec})
-      row["cpu"] = rec.get("machine", {}).get("cpu", "not recorded")
+      row["ran_on"] = _ran_on(rec.get("machine"))
       if "train" in rec:
         row["train"] = rec["train"]
     rows.append(row)
@@ -594,7 +613,7 @@ def summarize(c, cells: Sequence[Cell], resamples: int = 10000) -> dict:
           # Text methods are evaluated in the fixed layout only: the same in every layout.
           source = layout if METHOD_TABLE[base_method(c, m)].reads == "cache" else "fixed"
           if source in rec["eval"]:
-            evals[mix, layout, m][cell.seed] = rec["eval"][source]
+            evals[mix, layout, m][cell.seed] = dict(rec["eval"][source], ran_on=row["ran_on"])
   methods = [*s.zero_shot, *s.methods]
   reference = "parallel_synthesis" if "parallel_synthesis" in s.methods else None
   reference = reference or (s.methods[0] if s.methods else None)
@@ -713,8 +732,8 @@ def write_study_report(report: dict, directory: str, *, name: str = "study") -> 
     "the worker prompt; text methods read only texts and are shared by every layout)",
     f"- machine of this report's run: {mach.get('cpu', '?')}, {mach.get('cpu_cores', '?')} "
     f"cores, devices {', '.join(mach.get('devices', []))}; jax {mach.get('jax', '?')}",
-    "- cells per CPU they ran on: "
-    + "; ".join(f"{cpu}: {n}" for cpu, n in _cells_per_cpu(report["cells"]).items()),
+    "- cells per machine they ran on: "
+    + "; ".join(f"{m}: {n}" for m, n in _cells_per_machine(report["cells"]).items()),
     *(
       [_distill_rows_line(report["distill_rows"])]
       if report.get("distill_rows", {}).get("rows") is not None
@@ -727,7 +746,9 @@ def write_study_report(report: dict, directory: str, *, name: str = "study") -> 
     "",
     "Accuracy in %: the mean over seeds of each seed's held-out accuracy (mean over "
     "families), with a Student-t 95% interval over seeds (`stats.mean_ci`; `(n=1)`: one seed, "
-    "no interval). Zero-shot methods (no training) are the same in every mix.",
+    "no interval). Zero-shot methods (no training) are the same in every mix. TTFT: the "
+    "median over seeds of each cell's median synthesizer TTFT, per machine where the seeds ran "
+    "on several.",
   ]
   for view, per_method in report["summary"].items():
     kinds = sorted({k for v in per_method.values() for k in v["per_kind"]})
@@ -744,7 +765,7 @@ def write_study_report(report: dict, directory: str, *, name: str = "study") -> 
       lines.append(
         f"| {m} | {len(v['seeds'])} | **{_fmt(v['accuracy'])}** | "
         + " | ".join(cells)
-        + f" | {1e3 * v['ttft_median_s']:.0f} |"
+        + f" | {_fmt_ttft(v['ttft_median_s'])} |"
       )
     lines += [
       "",
@@ -790,8 +811,8 @@ def write_study_report(report: dict, directory: str, *, name: str = "study") -> 
     "Mapper offset: the trained mapper's largest |coefficient - identity| (`mapper_offset`; "
     "tanh bounds it at 0.1; blank without a mapper or for cells run before it was recorded).",
     "",
-    "| cell | status | train steps | final loss | mapper offset | wall (s) |",
-    "|---|---|---|---|---|---|",
+    "| cell | status | train steps | final loss | mapper offset | wall (s) | ran on |",
+    "|---|---|---|---|---|---|---|",
   ]
   for r in report["cells"]:
     tr = r.get("train", {})
@@ -800,7 +821,8 @@ def write_study_report(report: dict, directory: str, *, name: str = "study") -> 
     offset = "" if offset is None else f"{max(offset['max'].values()):.4f}"
     wall_s = "" if r.get("wall_s") is None else f"{r['wall_s']:.0f}"
     steps = tr.get("steps", "")
-    lines.append(f"| {r['cell']} | {r['status']} | {steps} | {loss} | {offset} | {wall_s} |")
+    cells = f"| {r['cell']} | {r['status']} | {steps} | {loss} | {offset} | {wall_s} |"
+    lines.append(f"{cells} {r.get('ran_on', '')} |")
   with open(paths["md"], "w") as f:
     f.write("\n".join(lines) + "\n")
   _plot(report, paths["png"])

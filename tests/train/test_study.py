@@ -69,8 +69,9 @@ def test_every_cell_runs_and_the_report_is_written(first_run):
   md = open(os.path.join(workdir, "study.md")).read()
   for text in ("parallel_synthesis - text_lora", "Significant differences", "machine", "wall"):
     assert text in md
-  cpu = report["machine"]["cpu"]  # every cell records the machine it ran on
-  assert f"cells per CPU they ran on: {cpu}: {len(names)}" in md
+  mach = report["machine"]  # every cell records the machine it ran on
+  ran_on = f"{mach['cpu']} CPU, {mach['cpu_cores']} cores, jax {mach['jax']}"
+  assert f"cells per machine they ran on: {ran_on}: {len(names)}" in md
   assert "Interim" not in md
   rec = json.load(open(os.path.join(workdir, "cells", "base", "text_lora", "seed1", "result.json")))
   assert rec["train"]["steps"] == 2 and rec["leak_ok"]
