@@ -31,7 +31,7 @@ parallel_synthesis; held-out evaluation at most ~1.3 s per row and method (48 ne
 On an idle 2-core machine (wall ~ CPU time / 1.4) one cell therefore takes ~19 min
 (parallel_synthesis, lora_only, mapper_only, no_reencode: 300 steps + 2 x 192 held-out rows)
 or ~27 min (text_lora), a zero-shot cell ~9 min, the distillation rows ~10 min once, and the
-whole study ~15 h (~20 h at one core's speed); on one accelerator it is minutes per cell.
+whole study ~15 h (~20 h at one core's speed); on one NVIDIA H200 a cell took 21-164 s.
 Measured with other jobs on the cores, cells took 27-85 min (docs/results/study_cells/).
 
 Config argument "tiny": a 2-layer random model, 2 methods x 2 seeds x 2 steps, no distillation
