@@ -141,7 +141,6 @@ def run_eval(
       rng = jax.random.fold_in(jax.random.key(cfg.seed), index)
       branches = workflow(model, tokenizer, chunk, rng)
       questions = [format_question(e) for e in chunk]
-
       per_method = {}
       for m in cfg.methods:
         per_method[m] = synthesize(

@@ -821,8 +821,8 @@ def write_study_report(report: dict, directory: str, *, name: str = "study") -> 
     offset = "" if offset is None else f"{max(offset['max'].values()):.4f}"
     wall_s = "" if r.get("wall_s") is None else f"{r['wall_s']:.0f}"
     steps = tr.get("steps", "")
-    cells = f"| {r['cell']} | {r['status']} | {steps} | {loss} | {offset} | {wall_s} |"
-    lines.append(f"{cells} {r.get('ran_on', '')} |")
+    line = f"| {r['cell']} | {r['status']} | {steps} | {loss} | {offset} | {wall_s} |"
+    lines.append(f"{line} {r.get('ran_on', '')} |")
   with open(paths["md"], "w") as f:
     f.write("\n".join(lines) + "\n")
   _plot(report, paths["png"])

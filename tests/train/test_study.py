@@ -204,3 +204,25 @@ def test_the_teacher_is_scored_against_the_reference_answers_its_rows_keep(tmp_p
   line = study._distill_rows_line({"rows": 5, "path": str(path), "teacher": teacher})
   assert "5 in distilled.jsonl" in line and "right" in line and "on 1 of 3" in line
   assert "chat_recall 1/2, tool_lookup 0/1" in line
+
+
+def test_cells_name_their_machine_and_ttft_is_not_pooled_across_machines():
+  cpu = dict(cpu="AMD EPYC", cpu_cores=2, devices=["cpu:cpu"], jax="0.10.2")
+  gpu = dict(cpu="Intel Xeon", cpu_cores=16, devices=["gpu:NVIDIA H200"], jax="0.11.2")
+  assert study._ran_on(cpu) == "AMD EPYC CPU, 2 cores, jax 0.10.2"
+  assert study._ran_on(gpu) == "NVIDIA H200, jax 0.11.2"  # the accelerator, not its host CPU
+  assert study._ran_on(None) == "not recorded"
+  evals = {
+    seed: dict(
+      accuracy={"m": 0.5},
+      per_group={"m": {"f": 0.5}},
+      ttft_median_s={"m": ttft},
+      num_examples=8,
+      ran_on=study._ran_on(mach),
+    )
+    for seed, (mach, ttft) in enumerate([(cpu, 2.0), (cpu, 3.0), (gpu, 0.015)])
+  }
+  ttft = study._method_summary(evals, "m")["ttft_median_s"]
+  assert ttft == {"AMD EPYC CPU, 2 cores, jax 0.10.2": 2.5, "NVIDIA H200, jax 0.11.2": 0.015}
+  assert study._fmt_ttft(ttft) == "2500 (AMD EPYC CPU, 2 cores); 15 (NVIDIA H200)"
+  assert study._fmt_ttft({"NVIDIA H200, jax 0.11.2": 0.015}) == "15"
