@@ -45,8 +45,10 @@ run() {  # run NAME LIMIT CMD...: log to WORK/NAME.log and OUT_DIR/steps.log, ta
   echo "=== $name ($(($(date +%s) - START)) s, limit $limit s)" | tee -a "$OUT_DIR/steps.log"
   timeout "$limit" "$@" >"$log" 2>&1
   local rc=$?
-  tr '\r' '\n' <"$log" | grep -v "it/s\]\|s/it\]\|/s\]\|s/step\]\|s/example\]" >>"$OUT_DIR/steps.log"
-  tr '\r' '\n' <"$log" | grep -v "/s\]\|s/step\]\|s/example\]" | tail -n "$( ((rc)) && echo 25 || echo 4)"
+  # Without the progress bars' redraws (tqdm's "N/s]", "s/step]", ... lines).
+  tr '\r' '\n' <"$log" | grep -v "/s\]\|s/it\]\|s/step\]\|s/example\]" >"$log.clean"
+  cat "$log.clean" >>"$OUT_DIR/steps.log"
+  tail -n "$( ((rc)) && echo 25 || echo 4)" "$log.clean"
   ((rc)) && echo "FAILED: $name (status $rc)" | tee -a "$OUT_DIR/steps.log"
   return $rc
 }
